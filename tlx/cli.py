@@ -1,0 +1,88 @@
+"""``python -m tlx {fit,validate,test,predict}``: LightningCLI with tlx's defaults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from tlx.callbacks import PredictionWriter
+from tlx.errors import TLXError
+from tlx.models import ImageClassifier
+
+
+class SaveRunInfo(SaveConfigCallback):
+    """Beside the resolved ``config.yaml``: ``run.json`` with class names and preprocessing."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        info = {
+            "class_names": getattr(datamodule, "class_names", None) or getattr(pl_module, "class_names", None),
+            "data_config": pl_module.data_config.to_dict() if hasattr(pl_module, "data_config") else None,
+            "backbone": getattr(getattr(pl_module, "backbone", None), "name", None),
+            "stage": stage,
+        }
+        with open(os.path.join(trainer.log_dir, "run.json"), "w") as f:
+            json.dump(info, f, indent=2)
+
+
+class TLXCLI(LightningCLI):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("model_class", ImageClassifier)
+        kwargs.setdefault("datamodule_class", LightningDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("seed_everything_default", 42)
+        kwargs.setdefault("save_config_callback", SaveRunInfo)
+        # Re-running into an existing log directory must not fail on the saved config.
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.auto_insert_metric_name": False,
+                "model": {"class_path": "tlx.models.ImageClassifier"},
+                "data": {"class_path": "tlx.data.ImageFolderDataModule"},
+            }
+        )
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+
+    def before_instantiate_classes(self) -> None:
+        # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
+        # ones, so do not fetch those (they may not be available on this machine).
+        if self.subcommand in ("validate", "test", "predict"):
+            config = self.config[self.subcommand]
+            if config.get("ckpt_path") and os.path.isfile(config.ckpt_path):
+                init_args = config.model.get("init_args") or config.model
+                init_args["weights"] = None
+                init_args["weights_path"] = None
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("tlx")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[tlx] %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def main(args: list[str] | None = None) -> None:
+    _configure_logging()
+    try:
+        TLXCLI(args=args)
+    except TLXError as e:
+        print(f"tlx: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,5 @@
+"""Datasets and LightningDataModules."""
+
+from tlx.data.imagefolder import ImageFolderDataModule
+
+__all__ = ["ImageFolderDataModule"]

@@ -1,0 +1,113 @@
+"""Finding labelled images in ``root/<class>/*`` folders, with clear errors and reports."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tlx.data.images import check_image, is_image_file
+from tlx.errors import DataError
+
+log = logging.getLogger("tlx")
+
+Sample = tuple[str, int]
+
+
+@dataclass
+class FolderScan:
+    """What one ``<class>/*`` folder holds."""
+
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+    not_images: list[str] = field(default_factory=list)  # skipped by extension
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def class_folders(root: Path, what: str) -> list[str]:
+    if not root.exists():
+        raise DataError(f"{what} folder {str(root)!r} does not exist: check the data root path.")
+    if not root.is_dir():
+        raise DataError(f"{what} path {str(root)!r} is not a folder.")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{what} folder {str(root)!r} has no class folders: expected {root}/<class_name>/<image files>."
+        )
+    return classes
+
+
+def scan_class_folders(root: str | Path, what: str = "data") -> FolderScan:
+    """List ``root/<class>/**`` images; raise on a missing root, no classes or an empty class."""
+    root = Path(root)
+    classes = class_folders(root, what)
+    samples: list[Sample] = []
+    not_images: list[str] = []
+    empty = []
+    for label, name in enumerate(classes):
+        files = _files(root / name)
+        images = [str(p) for p in files if is_image_file(p)]
+        not_images += [str(p) for p in files if not is_image_file(p)]
+        if not images:
+            empty.append(name)
+        samples += [(p, label) for p in images]
+    if empty:
+        raise DataError(
+            f"{what} folder {str(root)!r}: class folder(s) {', '.join(repr(e) for e in empty)} hold no "
+            "images (.jpg, .png, ...). Add images or remove the folder."
+        )
+    if not_images:
+        log.warning(
+            "%s: skipped %d file(s) that are not images by extension (e.g. %s)",
+            root, len(not_images), ", ".join(not_images[:3]),
+        )
+    return FolderScan(root, classes, samples, not_images)
+
+
+def check_same_classes(reference: FolderScan, other: FolderScan, what: str) -> None:
+    if other.classes != reference.classes:
+        only_ref = sorted(set(reference.classes) - set(other.classes))
+        only_other = sorted(set(other.classes) - set(reference.classes))
+        raise DataError(
+            f"Class folders differ between {str(reference.root)!r} and {what} {str(other.root)!r}: "
+            f"only in the first: {only_ref or 'none'}; only in the second: {only_other or 'none'}. "
+            "Every split needs the same class folders."
+        )
+
+
+def drop_unreadable(samples: Sequence[Sample], what: str) -> list[Sample]:
+    """Decode every file once, before training; skip (and name) those that fail."""
+    bad = [(path, why) for path, _ in samples if (why := check_image(path)) is not None]
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:5])
+        log.warning("%s: skipped %d unreadable image(s): %s", what, len(bad), shown)
+        bad_paths = {p for p, _ in bad}
+        samples = [s for s in samples if s[0] not in bad_paths]
+    return list(samples)
+
+
+def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split per class, seeded: the same files go to validation on every run and machine."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"val_split must be between 0 and 1 (exclusive), got {fraction}.")
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    train, val = [], []
+    for label in sorted(by_class):
+        items = by_class[label]
+        order = rng.permutation(len(items))
+        n_val = int(round(len(items) * fraction))
+        n_val = min(max(n_val, 1), len(items) - 1) if len(items) > 1 else 0
+        val += [items[i] for i in order[:n_val]]
+        train += [items[i] for i in order[n_val:]]
+    return sorted(train), sorted(val)

@@ -1,0 +1,60 @@
+"""Classification metrics (torchmetrics) and their TensorBoard renderings."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are only ever written to files and TensorBoard
+
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchmetrics import MetricCollection  # noqa: E402
+from torchmetrics.classification import (  # noqa: E402
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+
+def scalar_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 accuracy, macro F1, and top-5 accuracy when there are more than 5 classes."""
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+    }
+    if num_classes > 5:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+def per_class_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc_per_class": MulticlassAccuracy(num_classes, average=None),
+            "confusion": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+def confusion_figure(matrix: Tensor, class_names: list[str]) -> Figure:
+    """The confusion matrix with class names on both axes (rows: true, columns: predicted)."""
+    n = len(class_names)
+    size = min(max(4.0, 0.35 * n + 2.0), 20.0)
+    fig = Figure(figsize=(size, size), dpi=100)
+    ax = fig.add_subplot()
+    m = matrix.detach().cpu().float()
+    ax.imshow(m.numpy(), cmap="Blues")
+    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), labels=class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 31:
+        threshold = m.max().item() / 2
+        for i in range(n):
+            for j in range(n):
+                v = int(m[i, j])
+                if v:
+                    ax.text(j, i, v, ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > threshold else "black")
+    fig.tight_layout()
+    return fig

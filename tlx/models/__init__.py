@@ -1,0 +1,3 @@
+from tlx.models.classifier import ImageClassifier
+
+__all__ = ["ImageClassifier"]

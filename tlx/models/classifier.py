@@ -1,0 +1,176 @@
+"""ImageClassifier: a pretrained backbone plus a pluggable head, trained with Lightning."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from tlx.backbones import DataConfig, create_backbone
+from tlx.errors import DataError
+from tlx.heads import HeadFactory, LinearHead
+from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
+
+log = logging.getLogger("tlx")
+
+
+def _plain(value: Any) -> Any:
+    """Hyperparameters must stay plain data (checkpoints load with weights_only=True)."""
+    if inspect.isclass(value) or inspect.isfunction(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return value
+
+
+class ImageClassifier(LightningModule):
+    """Backbone -> pooled features -> head -> logits.
+
+    Args:
+        backbone: ``source:name`` (``torchvision:mobilenet_v2``, ``timm:resnet18``) or a packaged
+            offline backbone (``efficientnet_lite0``); ``python -m tlx.backbones`` lists them.
+        weights: pretrained weights: ``DEFAULT``, a torchvision enum name (``IMAGENET1K_V1``), a timm
+            tag; ``null`` for random initialisation.
+        weights_path: a local weights file for the backbone (replaces ``weights``).
+        backbone_kwargs: extra arguments for the backbone constructor (e.g. ``drop_path_rate``).
+        head: the classifier head, called as ``head(num_features, num_classes)``; default
+            :class:`~tlx.heads.LinearHead`.
+        class_names: filled in from the data (and stored in checkpoints); set it only to pin them.
+        optimizer: called with the trainable parameters; default AdamW (lr 1e-3). (Defaults are
+            ``None`` so that jsonargparse cannot carry a default class's arguments, such as
+            AdamW's weight decay, into the class a config names instead.)
+        lr_scheduler: called with the optimizer; stepped every epoch.
+        label_smoothing: cross-entropy label smoothing.
+        data_config: preprocessing override (``input_size``, ``resize_size``, ``interpolation``,
+            ``mean``, ``std``); by default the backbone weights' own.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        weights: str | None = "DEFAULT",
+        weights_path: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        head: HeadFactory | None = None,
+        class_names: list[str] | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+        data_config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        for key in ("head", "optimizer", "lr_scheduler"):
+            self.hparams[key] = _plain(self.hparams.get(key))
+        self.backbone = create_backbone(backbone, weights=weights, weights_path=weights_path, **(backbone_kwargs or {}))
+        self.data_config = DataConfig.from_dict(data_config) if data_config else self.backbone.data_config
+        self.hparams["data_config"] = self.data_config.to_dict()
+        self.head_factory = head or LinearHead
+        self.optimizer_factory = optimizer or torch.optim.AdamW
+        self.scheduler_factory = lr_scheduler
+        self.class_names = list(class_names) if class_names else None
+        self.head: torch.nn.Module | None = None
+        if self.class_names:
+            self._build_head()
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.class_names) if self.class_names else None
+
+    def _build_head(self) -> None:
+        n = self.num_classes
+        self.head = self.head_factory(self.backbone.num_features, n)
+        self.train_acc = scalar_metrics(n, "train/")["acc"]
+        self.val_metrics = scalar_metrics(n, "val/")
+        self.test_metrics = scalar_metrics(n, "test/")
+        self.val_details = per_class_metrics(n)
+        self.test_details = per_class_metrics(n)
+
+    # ---- classes flow in from the data -------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_classes = getattr(datamodule, "class_names", None)
+        if self.class_names is None:
+            if data_classes is None:
+                raise DataError("No class names: give data.root (class folders) or a checkpoint via --ckpt_path.")
+            self.class_names = list(data_classes)
+        elif data_classes is not None and list(data_classes) != self.class_names:
+            raise DataError(
+                f"The model's classes {self.class_names} differ from the data's {list(data_classes)}: "
+                "a checkpoint only fits data with the same class folders."
+            )
+        self.hparams["class_names"] = self.class_names
+
+    def configure_model(self) -> None:
+        if self.head is None and self.class_names:
+            self._build_head()
+
+    # ---- steps -------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        if y.ndim == 1:  # hard labels (MixUp/CutMix give soft ones, where accuracy means little)
+            self.train_acc(logits, y)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics(logits, y)
+        (self.val_details if stage == "val" else self.test_details).update(logits, y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=len(x))
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _log_details(self, stage: str) -> None:
+        details = self.val_details if stage == "val" else self.test_details
+        values = details.compute()
+        details.reset()
+        per_class = {f"{stage}/acc_class/{name}": v for name, v in zip(self.class_names, values["acc_per_class"])}
+        self.log_dict(per_class, on_epoch=True)
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                fig = confusion_figure(values["confusion"], self.class_names)
+                logger.experiment.add_figure(f"{stage}/confusion_matrix", fig, self.current_epoch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_details("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_details("test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, index = batch
+        return {"index": index, "probs": self(x).softmax(dim=-1)}
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
