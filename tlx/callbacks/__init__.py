@@ -1,5 +1,9 @@
 """Lightning callbacks of tlx."""
 
+from tlx.callbacks.augmentation_preview import AugmentationPreview
+from tlx.callbacks.hparams import HParamsMetrics
+from tlx.callbacks.prediction_gallery import PredictionGallery
 from tlx.callbacks.prediction_writer import PredictionWriter
+from tlx.callbacks.top_losses import TopLosses
 
-__all__ = ["PredictionWriter"]
+__all__ = ["AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "TopLosses"]

@@ -124,7 +124,7 @@ class ImageClassifier(LightningModule):
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
@@ -133,12 +133,14 @@ class ImageClassifier(LightningModule):
         (self.val_details if stage == "val" else self.test_details).update(logits, y)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return logits
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    # The logits go to callbacks (prediction gallery, top losses) without a second forward pass.
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "test")
 
     def _log_details(self, stage: str) -> None:
         details = self.val_details if stage == "val" else self.test_details
@@ -161,6 +163,9 @@ class ImageClassifier(LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, index = batch
+        if x.ndim == 5:  # test-time augmentation: (B, views, C, H, W); average the views' probabilities
+            b, v = x.shape[:2]
+            return {"index": index, "probs": self(x.flatten(0, 1)).softmax(dim=-1).view(b, v, -1).mean(dim=1)}
         return {"index": index, "probs": self(x).softmax(dim=-1)}
 
     # ---- optimisation ------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""TensorBoard gallery of validation predictions: image, predicted class, confidence, true class."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from tlx.callbacks.tensorboard_images import ValidationImages, class_name, data_config
+from tlx.visuals import BAD, GOOD, denormalize, image_grid_figure
+
+
+class PredictionGallery(ValidationImages):
+    """The first ``num_images`` validation images with their predictions (green right, red wrong).
+
+    The validation loader is not shuffled, so the same images are shown every epoch and their
+    titles show how the model changes its mind.
+
+    Args:
+        num_images: how many images to show.
+        every_n_epochs: draw every n validation epochs (0: only at the end of fit).
+        at_fit_end: also draw the last validation epoch at the end of fit.
+    """
+
+    tag = "val/predictions"
+
+    def __init__(self, num_images: int = 16, every_n_epochs: int = 1, at_fit_end: bool = True):
+        super().__init__(every_n_epochs, at_fit_end)
+        self.num_images = num_images
+        self.reset()
+
+    def reset(self) -> None:
+        self._images: list[Tensor] = []
+        self._targets: list[Tensor] = []
+        self._probs: list[Tensor] = []
+
+    def _count(self) -> int:
+        return sum(len(t) for t in self._targets)
+
+    def collect(self, images: Tensor, targets: Tensor, logits: Tensor) -> None:
+        room = self.num_images - self._count()
+        if room <= 0 or targets.ndim != 1:
+            return
+        self._images.append(images[:room].cpu())
+        self._targets.append(targets[:room].cpu())
+        self._probs.append(logits[:room].softmax(dim=-1).cpu())
+
+    def render(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
+        if not self._targets:
+            return None
+        cfg = data_config(trainer, pl_module)
+        images = denormalize(torch.cat(self._images), cfg.mean, cfg.std)
+        targets, probs = torch.cat(self._targets), torch.cat(self._probs)
+        conf, pred = probs.max(dim=1)
+        titles, colors = [], []
+        for t, p, c in zip(targets.tolist(), pred.tolist(), conf.tolist()):
+            titles.append(f"{class_name(pl_module, p)} ({c:.0%})\ntrue: {class_name(pl_module, t)}")
+            colors.append(GOOD if p == t else BAD)
+        return image_grid_figure(images, titles, colors)

@@ -1,0 +1,59 @@
+"""Rendering batches of images as labelled matplotlib figures (for TensorBoard and files)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are only ever written to files and TensorBoard
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+GOOD, BAD = "#1a7f37", "#cf222e"
+
+
+def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo ``Normalize(mean, std)``: ``(B, 3, H, W)`` model inputs back to ``[0, 1]`` RGB."""
+    images = images.detach().float().cpu()
+    m = torch.tensor(list(mean), dtype=images.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=images.dtype).view(1, -1, 1, 1)
+    return (images * s + m).clamp(0.0, 1.0)
+
+
+def image_grid_figure(
+    images: Tensor,
+    titles: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+    ncols: int | None = None,
+    cell_inches: float = 2.2,
+) -> Figure:
+    """A grid of ``[0, 1]`` RGB images, each with an optional (coloured) title."""
+    n = len(images)
+    ncols = ncols or max(1, math.ceil(math.sqrt(n)))
+    nrows = max(1, math.ceil(n / ncols))
+    title_lines = max((t.count("\n") + 1 for t in titles), default=0) if titles else 0
+    fig = Figure(figsize=(ncols * cell_inches, nrows * (cell_inches + 0.18 * title_lines)), dpi=100)
+    for i in range(nrows * ncols):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        if titles:
+            ax.set_title(titles[i], fontsize=8, color=colors[i] if colors else "black")
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 rendering of ``fig`` (what TensorBoard will show)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
