@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from tlx.backbones.base import DataConfig
 from tlx.data.datasets import LabelledImages, MixingCollate, UnlabelledImages, image_files
+from tlx.data.file_list import read_file_list
 from tlx.data.folders import (
     FolderScan,
     Sample,
@@ -21,6 +22,7 @@ from tlx.data.folders import (
     stratified_split,
 )
 from tlx.data.transforms import AutoAugment, batch_mixing, eval_transform, train_transform
+from tlx.data.tta import TTA, tta_transform
 from tlx.errors import DataError
 
 log = logging.getLogger("tlx")
@@ -42,6 +44,10 @@ class ImageFolderDataModule(LightningDataModule):
         val_split: fraction held out for validation when there is no ``val`` folder.
         split_seed: seed of that split (independent of the training seed).
         predict_dir: a folder of unlabelled images for ``predict`` (default: the test split).
+        predict_files: images for ``predict``: a list of paths, or a text file with one per line
+            (takes precedence over ``predict_dir``).
+        tta: test-time augmentation for ``predict``: ``flip`` (2 views), ``crops`` (5: corners
+            and centre), ``flip_crops`` (10); the model averages the views' probabilities.
         batch_size: training batch size; ``eval_batch_size`` defaults to it.
         num_workers: DataLoader worker processes.
         crop_scale: area range of RandomResizedCrop.
@@ -63,6 +69,8 @@ class ImageFolderDataModule(LightningDataModule):
         val_dir: str = "val",
         test_dir: str = "test",
         predict_dir: str | None = None,
+        predict_files: list[str] | str | None = None,
+        tta: TTA = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -156,7 +164,9 @@ class ImageFolderDataModule(LightningDataModule):
         elif stage in ("validate", "test"):
             self.samples("val" if stage == "validate" else "test")
         elif stage == "predict":
-            if self.hparams.predict_dir:
+            if self.hparams.predict_files:
+                self.predict_paths = read_file_list(self.hparams.predict_files)
+            elif self.hparams.predict_dir:
                 folder = Path(self.hparams.predict_dir)
                 if not folder.is_dir():
                     raise DataError(f"predict_dir {str(folder)!r} does not exist or is not a folder.")
@@ -212,5 +222,7 @@ class ImageFolderDataModule(LightningDataModule):
         return self._loader(self.eval_dataset("test"), train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        dataset = UnlabelledImages(self.predict_paths, eval_transform(self.data_config), self._min_short_side)
+        tta = self.hparams.tta
+        transform = tta_transform(self.data_config, tta) if tta else eval_transform(self.data_config)
+        dataset = UnlabelledImages(self.predict_paths, transform, self._min_short_side)
         return self._loader(dataset, train=False)
