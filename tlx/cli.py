@@ -1,4 +1,4 @@
-"""``python -m tlx {fit,validate,test,predict}``: LightningCLI with tlx's defaults."""
+"""``python -m tlx {fit,validate,test,predict,lr_find,export}``: LightningCLI with tlx's defaults."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from tlx.callbacks import PredictionWriter
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
+from tlx.trainer import TLXTrainer
 
 
 class SaveRunInfo(SaveConfigCallback):
@@ -42,7 +43,17 @@ class TLXCLI(LightningCLI):
         # Re-running into an existing log directory must not fail on the saved config.
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("trainer_class", TLXTrainer)  # adds the lr_find and export subcommands
         super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Extra subcommands run TLXTrainer methods (tlx/tuning.py, tlx/export.py hold the logic).
+        return {
+            **LightningCLI.subcommands(),
+            "lr_find": {"model", "datamodule"},
+            "export": {"model", "datamodule"},
+        }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -62,7 +73,7 @@ class TLXCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
-        if self.subcommand in ("validate", "test", "predict"):
+        if self.subcommand in ("validate", "test", "predict", "export"):
             config = self.config[self.subcommand]
             if config.get("ckpt_path") and os.path.isfile(config.ckpt_path):
                 init_args = config.model.get("init_args") or config.model

@@ -1,0 +1,197 @@
+"""``python -m tlx export``: a checkpoint to TorchScript and ONNX that carry their preprocessing
+and class names, verified against the checkpoint on real images.
+
+The exported model takes ``(B, 3, S, S)`` float32 RGB in ``[0, 1]``: the image with its short
+side resized to ``resize_size`` and centre-cropped to ``S = input_size`` (the sidecar JSON says
+which). Mean/std normalisation is inside the model (geometric resizing is left outside: it
+depends on the image's size and every runtime has its own). The output is class probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch import Tensor, nn
+
+from tlx.backbones.base import DataConfig
+from tlx.data.datasets import image_files
+from tlx.data.file_list import read_file_list
+from tlx.data.images import load_rgb
+from tlx.data.transforms import eval_transform
+from tlx.errors import DataError, TLXError
+
+log = logging.getLogger("tlx")
+
+FORMATS = ("torchscript", "onnx")
+INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+
+
+class ExportError(TLXError):
+    """The export cannot be made or does not match the checkpoint."""
+
+
+class ExportedClassifier(nn.Module):
+    """``[0, 1]`` RGB crops in, class probabilities out: normalisation + backbone + head + softmax."""
+
+    def __init__(self, model: LightningModule, data_config: DataConfig):
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+        self.register_buffer("mean", torch.tensor(data_config.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(data_config.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.head(self.backbone((image - self.mean) / self.std)).softmax(dim=-1)
+
+
+def unit_range_transform(cfg: DataConfig):
+    """The preprocessing an exported model expects: resize, centre-crop, scale to [0, 1]."""
+    return eval_transform(DataConfig(cfg.input_size, cfg.resize_size, cfg.interpolation, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+
+
+def metadata(model: LightningModule, ckpt_path: str) -> dict[str, Any]:
+    cfg: DataConfig = model.data_config
+    return {
+        "class_names": list(model.class_names),
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, cfg.input_size, cfg.input_size], "dtype": "float32",
+                  "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.class_names)], "meaning": "softmax probabilities"},
+        "preprocessing": {
+            **cfg.to_dict(),
+            "steps": [f"resize the short side to {cfg.resize_size} px ({cfg.interpolation}, antialiased)",
+                      f"centre-crop {cfg.input_size}x{cfg.input_size}",
+                      "RGB float32 in [0, 1], NCHW",
+                      "(mean/std normalisation is inside the model)"],
+        },
+        "backbone": getattr(getattr(model, "backbone", None), "name", None),
+        "checkpoint": os.path.abspath(ckpt_path),
+    }
+
+
+def _verification_paths(spec: str | None, datamodule: LightningDataModule | None, n: int) -> list[str]:
+    if spec:
+        p = Path(spec)
+        paths = image_files(p) if p.is_dir() else read_file_list(spec)
+        if not paths:
+            raise DataError(f"verify_images {spec!r} holds no images.")
+        return paths[:n]
+    if datamodule is not None and getattr(datamodule, "root", None) is not None and hasattr(datamodule, "samples"):
+        samples = datamodule.samples("val")
+        step = max(1, len(samples) // n)  # spread over the classes (samples are sorted by class)
+        return [path for path, _ in samples[::step][:n]]
+    return []
+
+
+def _load_weights(model: LightningModule, ckpt_path: str | None) -> None:
+    if not ckpt_path:
+        raise ExportError("export needs a trained checkpoint: --ckpt_path path/to/best.ckpt")
+    if not os.path.isfile(ckpt_path):
+        raise ExportError(f"ckpt_path {ckpt_path!r} does not exist.")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    if getattr(model, "head", None) is None:
+        raise ExportError(f"{ckpt_path} carries no class names; it cannot be exported.")
+    model.load_state_dict(state)
+
+
+def export_checkpoint(
+    model: LightningModule,
+    ckpt_path: str | None,
+    formats: str | list[str] = "torchscript,onnx",
+    output_dir: str | None = None,
+    verify_images: str | None = None,
+    num_verify: int = 8,
+    tolerance: float = 1e-4,
+    datamodule: LightningDataModule | None = None,
+) -> dict[str, Any]:
+    """Write ``<stem>.torchscript.pt`` / ``<stem>.onnx`` and ``<stem>.json`` (class names,
+    preprocessing, verification); return that JSON's content."""
+    wanted = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    unknown = sorted(set(wanted) - set(FORMATS))
+    if unknown or not wanted:
+        raise ExportError(f"unknown export format {unknown or formats!r}; choose from {', '.join(FORMATS)}.")
+    _load_weights(model, ckpt_path)
+    model = model.cpu().eval()
+    ckpt = Path(ckpt_path)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    out = Path(output_dir) if output_dir else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+
+    cfg: DataConfig = model.data_config
+    wrapper = ExportedClassifier(model, cfg).eval()
+    paths = _verification_paths(verify_images, datamodule, num_verify)
+    to_unit = unit_range_transform(cfg)
+    if paths:
+        x = torch.stack([to_unit(load_rgb(p)) for p in paths])
+        # The reference is the checkpoint model on tlx's own evaluation preprocessing.
+        reference_input = torch.stack([eval_transform(cfg)(load_rgb(p)) for p in paths])
+    else:
+        log.warning("No images to verify the export on (give --verify_images): comparing on random inputs.")
+        x = torch.rand(2, 3, cfg.input_size, cfg.input_size, generator=torch.Generator().manual_seed(0))
+        reference_input = (x - wrapper.mean) / wrapper.std
+    with torch.no_grad():
+        reference = model(reference_input).softmax(dim=-1)
+
+    info = metadata(model, ckpt_path)
+    info["files"], info["verification"] = {}, {"images": paths or f"{len(x)} random inputs", "max_abs_diff": {},
+                                               "top1_agreement": {}}
+    meta_json = json.dumps({k: info[k] for k in ("class_names", "input", "output", "preprocessing", "backbone")})
+    outputs: dict[str, np.ndarray] = {}
+    example = x[:2] if len(x) > 1 else x.repeat(2, 1, 1, 1)  # batch 2: keep the batch axis symbolic
+
+    if "torchscript" in wanted:
+        path = out / f"{ckpt.stem}.torchscript.pt"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the portable format
+            traced = torch.jit.trace(wrapper, example, check_trace=False)
+            torch.jit.save(traced, str(path), _extra_files={"tlx.json": meta_json})
+            loaded = torch.jit.load(str(path), map_location="cpu")
+            outputs["torchscript"] = loaded(x).numpy()
+        info["files"]["torchscript"] = str(path)
+
+    if "onnx" in wanted:
+        import onnx
+        import onnxruntime as ort
+
+        path = out / f"{ckpt.stem}.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter: no onnxscript needed
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=17,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        proto = onnx.load(str(path))
+        for key, value in (("tlx", meta_json), ("class_names", json.dumps(info["class_names"])),
+                           ("preprocessing", json.dumps(info["preprocessing"]))):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(path))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs["onnx"] = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        info["files"]["onnx"] = str(path)
+
+    ref = reference.numpy()
+    for name, got in outputs.items():
+        diff = float(np.abs(got - ref).max())
+        agree = float((got.argmax(1) == ref.argmax(1)).mean())
+        info["verification"]["max_abs_diff"][name] = diff
+        info["verification"]["top1_agreement"][name] = agree
+        print(f"{name}: {info['files'][name]}  max |p - p_ckpt| = {diff:.2e} on {len(x)} images, "
+              f"top-1 agreement {agree:.0%}")
+    sidecar = out / f"{ckpt.stem}.json"
+    info["files"]["metadata"] = str(sidecar)
+    with open(sidecar, "w") as f:
+        json.dump(info, f, indent=2)
+    bad = {k: v for k, v in info["verification"]["max_abs_diff"].items() if not v <= tolerance}
+    if bad:
+        raise ExportError(f"exported outputs differ from the checkpoint's by {bad} (> tolerance {tolerance}); "
+                          f"see {sidecar}")
+    print(f"Exported {', '.join(outputs)} with class names and preprocessing in {sidecar}")
+    return info

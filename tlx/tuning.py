@@ -1,0 +1,83 @@
+"""``python -m tlx lr_find``: Lightning's learning-rate range test, its plot and its suggestion."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer  # noqa: E402
+from lightning.pytorch.tuner import Tuner  # noqa: E402
+
+from tlx.errors import TLXError  # noqa: E402
+
+log = logging.getLogger("tlx")
+
+
+def find_lr(
+    trainer: Trainer,
+    model: LightningModule,
+    datamodule: LightningDataModule | None = None,
+    min_lr: float = 1e-7,
+    max_lr: float = 1.0,
+    num_training: int = 100,
+    mode: str = "exponential",
+    early_stop_threshold: float | None = 4.0,
+    output_dir: str | None = None,
+) -> dict:
+    """Train ``num_training`` batches with the learning rate rising from ``min_lr`` to ``max_lr``
+    (the model's own optimiser, its scheduler set aside), then restore the weights.
+
+    Writes ``lr_find.png`` (loss versus learning rate, the suggestion marked) and ``lr_find.json``
+    (the curve and the suggestion) into ``output_dir`` (default: the run's log directory) and
+    returns ``{"suggestion", "plot", "results"}``. The suggestion is the point of steepest descent
+    of the loss, Lightning's heuristic: a starting point, not a guarantee.
+    """
+    if mode not in ("exponential", "linear"):
+        raise TLXError(f"lr_find mode {mode!r}: choose 'exponential' or 'linear'.")
+    if not 0 < min_lr < max_lr:
+        raise TLXError(f"lr_find needs 0 < min_lr < max_lr (got min_lr={min_lr}, max_lr={max_lr}).")
+    finder = Tuner(trainer).lr_find(
+        model, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr, num_training=num_training, mode=mode,
+        early_stop_threshold=early_stop_threshold, update_attr=False,
+    )
+    if finder is None:  # fast_dev_run
+        raise TLXError("lr_find does not run with trainer.fast_dev_run; turn it off.")
+    out = Path(output_dir or trainer.log_dir or trainer.default_root_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(finder.results["lr"])
+    # Lightning's suggestion skips the first 10 and the last point; short runs cannot afford that.
+    suggestion = finder.suggestion(skip_begin=min(10, max(0, n // 5)), skip_end=1 if n > 3 else 0)
+    if suggestion is not None and not math.isfinite(suggestion):
+        suggestion = None
+    fig = finder.plot(suggest=False)  # its own marker would re-run suggestion() with other skips
+    if suggestion is not None:
+        lrs, losses = finder.results["lr"], finder.results["loss"]
+        i = min(range(n), key=lambda j: abs(lrs[j] - suggestion))
+        fig.axes[0].plot(lrs[i], losses[i], markersize=10, marker="o", color="red")
+    fig.axes[0].set_title(
+        f"learning-rate range test ({n} batches)"
+        + (f": suggestion {suggestion:.2e}" if suggestion is not None else "")
+    )
+    plot = out / "lr_find.png"
+    fig.savefig(plot, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    results = {"lr": [float(v) for v in finder.results["lr"]], "loss": [float(v) for v in finder.results["loss"]]}
+    with open(out / "lr_find.json", "w") as f:
+        json.dump({"suggestion": suggestion, "min_lr": min_lr, "max_lr": max_lr, "mode": mode, **results}, f, indent=1)
+    if trainer.is_global_zero:
+        if suggestion is None:
+            print(f"lr_find: no suggestion (the loss did not fall over {n} batches); see {plot}")
+        else:
+            print(f"Suggested learning rate: {suggestion:.3g}  (plot: {plot}; set it as the optimizer's lr, "
+                  "e.g. --model.init_args.optimizer.init_args.lr=" + f"{suggestion:.2g})")
+        log.info("lr_find wrote %s and %s", plot, os.path.join(out, "lr_find.json"))
+    return {"suggestion": suggestion, "plot": str(plot), "results": results}
