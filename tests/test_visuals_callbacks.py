@@ -118,3 +118,24 @@ def test_confusion_figure_has_class_names_and_counts():
     assert labels == ["ant", "bee"]
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["1", "3", "4"]
     assert_real_picture(figure_to_array(fig), (400, 400))
+
+
+def test_gallery_spreads_over_classes_and_top_losses_keeps_the_worst_across_batches():
+    gallery = PredictionGallery(num_images=4)
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 2, 2)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
+    logits = torch.zeros(8, 2)
+    gallery.collect(x[:4], y[:4], logits[:4])  # batch 1: mostly class 0
+    gallery.collect(x[4:], y[4:], logits[4:])
+    assert torch.cat(gallery._targets).tolist() == [0, 0, 1, 1]
+    assert torch.cat(gallery._images)[:, 0, 0, 0].tolist() == [0, 1, 3, 4]
+
+    top = TopLosses(k=3)
+    true_prob = torch.tensor([0.9, 0.2, 0.6, 0.05, 0.99, 0.3, 0.7, 0.1])
+    logits = torch.stack([torch.zeros(8), torch.log(true_prob / (1 - true_prob))], 1)  # softmax(.)[1] = true_prob
+    y = torch.ones(8, dtype=torch.long)
+    top.collect(x[:3], y[:3], logits[:3])
+    top.collect(x[3:6], y[3:6], logits[3:6])
+    top.collect(x[6:], y[6:], logits[6:])
+    assert top._images[:, 0, 0, 0].tolist() == [3, 7, 1]  # lowest probabilities of the true class
+    assert torch.allclose(top._losses, -true_prob[[3, 7, 1]].log(), atol=1e-5)

@@ -43,10 +43,17 @@ def find_lr(
         raise TLXError(f"lr_find mode {mode!r}: choose 'exponential' or 'linear'.")
     if not 0 < min_lr < max_lr:
         raise TLXError(f"lr_find needs 0 < min_lr < max_lr (got min_lr={min_lr}, max_lr={max_lr}).")
-    finder = Tuner(trainer).lr_find(
-        model, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr, num_training=num_training, mode=mode,
-        early_stop_threshold=early_stop_threshold, update_attr=False,
-    )
+    # The range test counts batches, not epochs: a config's max_epochs (4 epochs of a small data
+    # set) must not cut it short, so epochs are unlimited while it runs.
+    max_epochs = trainer.fit_loop.max_epochs
+    trainer.fit_loop.max_epochs = -1
+    try:
+        finder = Tuner(trainer).lr_find(
+            model, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr, num_training=num_training, mode=mode,
+            early_stop_threshold=early_stop_threshold, update_attr=False,
+        )
+    finally:
+        trainer.fit_loop.max_epochs = max_epochs
     if finder is None:  # fast_dev_run
         raise TLXError("lr_find does not run with trainer.fast_dev_run; turn it off.")
     out = Path(output_dir or trainer.log_dir or trainer.default_root_dir)

@@ -14,8 +14,9 @@ from tlx.visuals import BAD, GOOD, denormalize, image_grid_figure
 class PredictionGallery(ValidationImages):
     """The first ``num_images`` validation images with their predictions (green right, red wrong).
 
-    The validation loader is not shuffled, so the same images are shown every epoch and their
-    titles show how the model changes its mind.
+    Images are taken in validation order with at most ``num_images / num_classes`` per true
+    class, so every class shows up (validation data is sorted by class). The loader is not
+    shuffled: the same images come back every epoch and their titles show the model change its mind.
 
     Args:
         num_images: how many images to show.
@@ -39,12 +40,22 @@ class PredictionGallery(ValidationImages):
         return sum(len(t) for t in self._targets)
 
     def collect(self, images: Tensor, targets: Tensor, logits: Tensor) -> None:
-        room = self.num_images - self._count()
-        if room <= 0 or targets.ndim != 1:
+        if self._count() >= self.num_images or targets.ndim != 1:
             return
-        self._images.append(images[:room].cpu())
-        self._targets.append(targets[:room].cpu())
-        self._probs.append(logits[:room].softmax(dim=-1).cpu())
+        quota = max(1, self.num_images // logits.shape[1])
+        per_class = torch.bincount(torch.cat(self._targets), minlength=logits.shape[1]) if self._targets else \
+            torch.zeros(logits.shape[1], dtype=torch.long)
+        keep, total = [], self._count()
+        for i, t in enumerate(targets.tolist()):
+            if total < self.num_images and per_class[t] < quota:
+                keep.append(i)
+                per_class[t] += 1
+                total += 1
+        if keep:
+            idx = torch.tensor(keep, device=targets.device)
+            self._images.append(images[idx].cpu())
+            self._targets.append(targets[idx].cpu())
+            self._probs.append(logits[idx].softmax(dim=-1).cpu())
 
     def render(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
         if not self._targets:

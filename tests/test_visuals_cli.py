@@ -1,9 +1,11 @@
-"""predict over a list of files or a folder, CSV with top-k, and test-time augmentation."""
+"""The CLI ways to look at a model: predict (top-k CSV, file lists, TTA), export, lr_find; tiny data."""
 
 from __future__ import annotations
 
 import csv
+import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -93,3 +95,75 @@ def test_predict_files_errors_name_the_entry(tmp_path):
         read_file_list(str(tmp_path / "empty.txt"))
     with pytest.raises(DataError, match="neither an image"):
         ImageFolderDataModule(predict_files=str(tmp_path / "nope.txt"), preprocessing=TINY_MODEL["data_config"]).setup("predict")
+
+
+def test_export_round_trips_through_torchscript_and_onnxruntime(tiny_ckpt, tmp_path):
+    import onnxruntime as ort
+
+    root, ckpt = tiny_ckpt
+    out = tmp_path / "export"
+    run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={out}", f"--verify_images={root / 'val'}",
+             "--num_verify=4"])
+    meta = json.loads((out / "best.json").read_text())
+    assert meta["class_names"] == ["cat", "dog"]
+    assert meta["preprocessing"]["input_size"] == 32 and meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert len(meta["verification"]["images"]) == 4
+    assert max(meta["verification"]["max_abs_diff"].values()) <= 1e-4
+
+    # The exported files alone (no tlx model) reproduce the checkpoint on other images, any batch size.
+    model = ImageClassifier.load_from_checkpoint(ckpt, weights=None).eval()
+    files = sorted((root / "train").rglob("*.png"))[::3][:3]
+    from tlx.export import unit_range_transform
+    from tlx.backbones.base import DataConfig
+
+    cfg = DataConfig.from_dict(meta["preprocessing"])
+    x = torch.stack([unit_range_transform(cfg)(Image.open(f).convert("RGB")) for f in files])
+    with torch.no_grad():
+        expected = model(torch.stack([eval_transform(model.data_config)(Image.open(f).convert("RGB")) for f in files])).softmax(-1)
+    session = ort.InferenceSession(str(out / "best.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["probabilities"], {"image": x.numpy()})[0]
+    assert got.shape == (3, 2) and abs(got - expected.numpy()).max() < 1e-4
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["class_names"]) == ["cat", "dog"]
+    assert json.loads(props["preprocessing"])["resize_size"] == 36
+    extra = {"tlx.json": ""}
+    scripted = torch.jit.load(str(out / "best.torchscript.pt"), _extra_files=extra)
+    assert json.loads(extra["tlx.json"])["class_names"] == ["cat", "dog"]
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), expected, atol=1e-4)
+
+
+def test_export_errors_are_clear(tiny_ckpt, tmp_path):
+    from tlx.errors import TLXError
+
+    _, ckpt = tiny_ckpt
+    with pytest.raises(TLXError, match="unknown export format"):
+        run_cli(["export", f"--ckpt_path={ckpt}", "--format=tflite", f"--output_dir={tmp_path}"])
+    with pytest.raises(TLXError, match="needs a trained checkpoint"):
+        run_cli(["export", f"--output_dir={tmp_path}", "--model.init_args.backbone=timm:test_efficientnet",
+                 "--model.init_args.weights=null", "--model.init_args.class_names=[a,b]"])
+
+
+def test_lr_find_saves_the_plot_and_suggests_a_rate(tiny_ckpt, tmp_path, capsys):
+    root, _ = tiny_ckpt
+    args = tiny_fit_args(root, tmp_path / "runs")
+    args[0] = "lr_find"
+    cli = run_cli(args + ["--num_training=12", "--min_lr=1e-5", "--max_lr=1", "--early_stop_threshold=null"])
+    log_dir = tmp_path / "runs" / "lightning_logs" / "version_0"
+    img = np.asarray(Image.open(log_dir / "lr_find.png").convert("RGB")).astype(int)
+    assert img.shape == (480, 640, 3)
+    # a line plot is mostly white: look for the curve itself (matplotlib's first colour, #1f77b4)
+    curve = (np.abs(img - np.array([0x1F, 0x77, 0xB4])).sum(-1) < 60).sum()
+    assert curve > 300, f"{curve} curve pixels"
+    result = json.loads((log_dir / "lr_find.json").read_text())
+    assert len(result["lr"]) == len(result["loss"]) > 5
+    assert result["lr"][0] >= 1e-5 and result["lr"][-1] <= 1.0
+    out = capsys.readouterr().out
+    if result["suggestion"] is None:
+        assert "no suggestion" in out
+    else:
+        assert 1e-5 <= result["suggestion"] <= 1.0
+        assert "Suggested learning rate" in out
+        red = ((img[..., 0] > 200) & (img[..., 1] < 60) & (img[..., 2] < 60)).sum()
+        assert red > 30, "the suggestion is marked"
+    assert not list(cli.trainer.default_root_dir and (tmp_path / "runs").glob(".lr_find_*.ckpt"))
