@@ -139,3 +139,22 @@ def test_gallery_spreads_over_classes_and_top_losses_keeps_the_worst_across_batc
     top.collect(x[6:], y[6:], logits[6:])
     assert top._images[:, 0, 0, 0].tolist() == [3, 7, 1]  # lowest probabilities of the true class
     assert torch.allclose(top._losses, -true_prob[[3, 7, 1]].log(), atol=1e-5)
+
+
+def test_trainable_summary_splits_trainable_and_frozen_per_part(tmp_path, capsys):
+    from tests.conftest import make_imagefolder
+    from tlx.callbacks import TrainableSummary
+    from tlx.finetuning import FreezeBackbone
+
+    root = make_imagefolder(tmp_path / "data", n_train=4, n_val=2)
+    trainer = Trainer(default_root_dir=str(tmp_path), max_epochs=2, accelerator="cpu", logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, callbacks=[FreezeBackbone(), TrainableSummary()])
+    model = ImageClassifier(**TINY_MODEL)
+    trainer.fit(model, datamodule=ImageFolderDataModule(root=str(root), batch_size=4, num_workers=0))
+    out = capsys.readouterr().out
+    assert out.count("Parameters at epoch") == 1  # printed once: nothing changed in epoch 1
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in ("backbone", "head")}
+    head = sum(p.numel() for p in model.head.parameters())
+    assert rows["backbone"][1] == "0" and rows["backbone"][-1] == "eval"
+    assert rows["head"][1] == str(head) and rows["head"][2] == "0"

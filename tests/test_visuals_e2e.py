@@ -27,6 +27,8 @@ def test_fit_pictures_export_and_tta_predict_on_hymenoptera(tmp_path, capfd):
     summary = capfd.readouterr().out
     line = next(ln for ln in summary.splitlines() if "Non-trainable params" in ln)
     assert "M" in line, line  # the frozen backbone: millions of parameters not trained
+    backbone = next(ln for ln in summary.splitlines() if ln.startswith("backbone "))  # TrainableSummary
+    assert backbone.split()[1] == "0" and "3.4 M" in backbone and backbone.endswith("eval"), backbone
     log_dir = tmp_path / "lightning_logs" / "version_0"
 
     images = tb_images(log_dir)

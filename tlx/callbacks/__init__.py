@@ -5,5 +5,7 @@ from tlx.callbacks.hparams import HParamsMetrics
 from tlx.callbacks.prediction_gallery import PredictionGallery
 from tlx.callbacks.prediction_writer import PredictionWriter
 from tlx.callbacks.top_losses import TopLosses
+from tlx.callbacks.trainable_summary import TrainableSummary
 
-__all__ = ["AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "TopLosses"]
+__all__ = ["AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "TopLosses",
+           "TrainableSummary"]
