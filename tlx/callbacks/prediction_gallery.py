@@ -15,7 +15,8 @@ class PredictionGallery(ValidationImages):
     """The first ``num_images`` validation images with their predictions (green right, red wrong).
 
     Images are taken in validation order with at most ``num_images / num_classes`` per true
-    class, so every class shows up (validation data is sorted by class). The loader is not
+    class, so every class shows up (validation data is sorted by class); when classes run short
+    (few batches, small classes), the first other images fill the grid. The loader is not
     shuffled: the same images come back every epoch and their titles show the model change its mind.
 
     Args:
@@ -35,6 +36,7 @@ class PredictionGallery(ValidationImages):
         self._images: list[Tensor] = []
         self._targets: list[Tensor] = []
         self._probs: list[Tensor] = []
+        self._spare: list[tuple[Tensor, Tensor, Tensor]] = []  # over-quota images, to fill the grid
 
     def _count(self) -> int:
         return sum(len(t) for t in self._targets)
@@ -51,6 +53,8 @@ class PredictionGallery(ValidationImages):
                 keep.append(i)
                 per_class[t] += 1
                 total += 1
+            elif len(self._spare) < self.num_images:
+                self._spare.append((images[i].cpu(), targets[i].cpu(), logits[i].softmax(dim=-1).cpu()))
         if keep:
             idx = torch.tensor(keep, device=targets.device)
             self._images.append(images[idx].cpu())
@@ -58,6 +62,12 @@ class PredictionGallery(ValidationImages):
             self._probs.append(logits[idx].softmax(dim=-1).cpu())
 
     def render(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
+        fill = self._spare[: max(0, self.num_images - self._count())]
+        if fill:
+            self._images.append(torch.stack([f[0] for f in fill]))
+            self._targets.append(torch.stack([f[1] for f in fill]))
+            self._probs.append(torch.stack([f[2] for f in fill]))
+            self._spare = self._spare[len(fill):]
         if not self._targets:
             return None
         cfg = data_config(trainer, pl_module)

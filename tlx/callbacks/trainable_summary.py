@@ -20,7 +20,8 @@ def trainable_table(pl_module: LightningModule) -> list[tuple[str, int, int, str
             continue
         trainable = sum(p.numel() for p in params if p.requires_grad)
         frozen = sum(p.numel() for p in params if not p.requires_grad)
-        rows.append((name, trainable, frozen, "train" if child.training else "eval"))
+        modes = {m.training for m in child.modules()}
+        rows.append((name, trainable, frozen, "mixed" if len(modes) > 1 else ("train" if child.training else "eval")))
     return rows
 
 
@@ -34,14 +35,17 @@ def format_table(rows: list[tuple[str, int, int, str]]) -> str:
 
 
 class TrainableSummary(Callback):
-    """Prints trainable and frozen parameter counts per part of the model (backbone, head) at the
-    first training batch, after freezing callbacks have acted, and again whenever they change
-    (gradual unfreezing). Lightning's model summary gives the totals only."""
+    """Prints trainable and frozen parameter counts per part of the model (backbone, head) and
+    its mode (train / eval / mixed) after the first training batch, when every freezing callback
+    has acted whatever the callback order, and again whenever they change (gradual unfreezing).
+    Lightning's model summary gives the totals only."""
 
     def __init__(self) -> None:
         self._last: list[tuple[str, int, int]] | None = None
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx != 0 or not trainer.is_global_zero:
             return
         rows = trainable_table(pl_module)
