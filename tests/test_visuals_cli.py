@@ -132,6 +132,14 @@ def test_export_round_trips_through_torchscript_and_onnxruntime(tiny_ckpt, tmp_p
     with torch.no_grad():
         assert torch.allclose(scripted(x), expected, atol=1e-4)
 
+    # No images given, no config: the checkpoint's own data (still on disk) supplies them.
+    run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path / 'onnx_only'}", "--format=onnx",
+             "--num_verify=2"])
+    meta = json.loads((tmp_path / "onnx_only" / "best.json").read_text())
+    assert list(meta["files"]) == ["onnx", "metadata"]
+    assert len(meta["verification"]["images"]) == 2
+    assert all(p.startswith(str(root / "val")) for p in meta["verification"]["images"])
+
 
 def test_export_errors_are_clear(tiny_ckpt, tmp_path):
     from tlx.errors import TLXError

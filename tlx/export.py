@@ -9,6 +9,7 @@ depends on the image's size and every runtime has its own). The output is class 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -76,6 +77,20 @@ def metadata(model: LightningModule, ckpt_path: str) -> dict[str, Any]:
     }
 
 
+def _datamodule_from_checkpoint(ckpt_path: str) -> LightningDataModule | None:
+    """The ImageFolderDataModule the checkpoint was trained with, when its data is still on disk."""
+    from tlx.data import ImageFolderDataModule
+
+    hp = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
+    if not hp.get("root") or not Path(hp["root"]).is_dir():
+        return None
+    known = inspect.signature(ImageFolderDataModule).parameters
+    try:
+        return ImageFolderDataModule(**{k: v for k, v in hp.items() if k in known})
+    except (TypeError, ValueError):
+        return None
+
+
 def _verification_paths(spec: str | None, datamodule: LightningDataModule | None, n: int) -> list[str]:
     if spec:
         p = Path(spec)
@@ -126,6 +141,8 @@ def export_checkpoint(
 
     cfg: DataConfig = model.data_config
     wrapper = ExportedClassifier(model, cfg).eval()
+    if not verify_images and getattr(datamodule, "root", None) is None:
+        datamodule = _datamodule_from_checkpoint(ckpt_path)  # verify on the training run's own val images
     paths = _verification_paths(verify_images, datamodule, num_verify)
     to_unit = unit_range_transform(cfg)
     if paths:
