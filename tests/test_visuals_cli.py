@@ -49,7 +49,8 @@ def test_predict_a_list_file_with_tta_writes_topk_csv(tiny_ckpt, tmp_path):
     cli = run_cli(["predict", f"--ckpt_path={ckpt}", f"--data.init_args.predict_files={list_file}",
                    "--data.init_args.tta=flip_crops", "--data.init_args.num_workers=0",
                    "--prediction_writer.top_k=2", f"--prediction_writer.output={out}",
-                   "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+                   "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                   f"--trainer.default_root_dir={tmp_path}"])
     rows = read_csv(out)
     assert [r["file"] for r in rows] == [str(tmp_path / "imgs" / f"{i}.png") for i in range(4)]
     assert list(rows[0]) == ["file", "predicted_class", "probability", "class_2", "probability_2"]
