@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,6 +100,8 @@ def test_hparams_view_carries_the_final_metrics(fitted_run):
     hp = session.session_start_info.hparams
     assert hp["backbone"].string_value == TINY_MODEL["backbone"]
     assert "data/batch_size" in hp
+    hparams_yaml = (Path(log_dir) / "hparams.yaml").read_text()
+    assert "backbone" in hparams_yaml and "data/batch_size" not in hparams_yaml
     hp_metric = [s.value for s in acc.Scalars("hp_metric")]
     assert hp_metric[-1] != -1 and 0.0 <= hp_metric[-1] <= 1.0
 

@@ -47,7 +47,10 @@ class HParamsMetrics(Callback):
         # NaN until measured; the values logged at the end of fit are the latest, so they show.
         columns = {name: float("nan") for name in self._columns(pl_module)}
         for logger in self._tensorboards(trainer):
+            saved = dict(logger.hparams)
             logger.log_hyperparams(params, metrics=columns, step=0)
+            # hparams.yaml stays the model's own (these flattened keys are for the HPARAMS tab only)
+            logger.hparams = saved
 
     def final_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         values: dict[str, float] = {}
