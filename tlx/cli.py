@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -92,6 +93,8 @@ def _configure_logging() -> None:
 
 def main(args: list[str] | None = None) -> None:
     _configure_logging()
+    # Lightning's own use of a deprecated torch API; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*treespec.*")
     try:
         TLXCLI(args=args)
     except TLXError as e:

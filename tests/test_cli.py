@@ -1,0 +1,141 @@
+"""The command line: composition of configs, checkpoints, test/predict, reproducibility, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import HYMENOPTERA, REPO
+from tests.helpers import run_cli
+from tests.test_cli_smoke import tiny_fit_args
+from tlx.cli import TLXCLI
+
+
+def _ckpt(root, name="best.ckpt", version=0):
+    return root / "lightning_logs" / f"version_{version}" / "checkpoints" / name
+
+
+def test_print_config_shows_the_whole_recipe():
+    out = subprocess.run(
+        [sys.executable, "-m", "tlx", "fit", "--config", "configs/hymenoptera.yaml", "--print_config"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout
+    for line in ("backbone: efficientnet_lite0", "class_path: tlx.heads.LinearHead", "monitor: val/acc",
+                 "root: ../shared/data/hymenoptera", "seed_everything: 42"):
+        assert line in out
+
+
+def test_tutorial_recipe_is_expressible_in_yaml():
+    cli = TLXCLI(args=["--config", str(REPO / "configs/tutorial_finetune.yaml")], run=False)
+    cli.model.class_names = ["ants", "bees"]
+    cli.model.configure_model()
+    config = cli.model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.001, 0.9, 0.0)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR)
+    assert (scheduler.step_size, scheduler.gamma) == (7, 0.1)
+    assert cli.trainer.max_epochs == 25 and cli.datamodule.hparams.batch_size == 4
+
+
+def test_frozen_tutorial_trains_only_the_head():
+    cli = TLXCLI(args=["--config", str(REPO / "configs/tutorial_frozen.yaml")], run=False)
+    from tlx.finetuning import FreezeBackbone
+
+    assert any(isinstance(c, FreezeBackbone) for c in cli.trainer.callbacks)
+
+
+def test_several_configs_compose(tiny_folder, tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text("trainer:\n  max_epochs: 2\n  limit_val_batches: 1\n")
+    cli = run_cli([*tiny_fit_args(tiny_folder, tmp_path / "runs"), "--config", str(override)])
+    assert cli.trainer.max_epochs == 2 and cli.trainer.current_epoch == 2
+
+
+def test_rerun_into_the_same_log_directory_does_not_fail(tiny_folder, tmp_path):
+    pinned = [f"--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+              f"--trainer.logger.save_dir={tmp_path / 'runs'}", "--trainer.logger.version=fixed"]
+    for _ in range(2):
+        run_cli([*tiny_fit_args(tiny_folder, tmp_path / "runs"), *pinned])
+    assert (tmp_path / "runs" / "lightning_logs" / "fixed" / "config.yaml").is_file()
+
+
+def test_same_seed_gives_identical_validation_metrics(tiny_folder, tmp_path):
+    results = []
+    for run in ("a", "b"):
+        cli = run_cli(tiny_fit_args(tiny_folder, tmp_path / run, epochs=2, extra=["--data.init_args.num_workers=1"]))
+        results.append({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")})
+    assert results[0] == results[1]
+    assert "val/loss" in results[0]
+
+
+def test_test_and_predict_from_the_checkpoint(tiny_folder, tmp_path):
+    fit = run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2))
+    best = _ckpt(tmp_path / "runs")
+    best_score = float(fit.trainer.checkpoint_callback.best_model_score)
+    common = [f"--data.init_args.root={tiny_folder}", "--data.init_args.num_workers=0",
+              f"--trainer.default_root_dir={tmp_path / 'eval'}", "--trainer.enable_progress_bar=false",
+              f"--ckpt_path={best}"]
+    test = run_cli(["test", "--data.class_path=tlx.data.ImageFolderDataModule", *common])
+    assert float(test.trainer.callback_metrics["test/acc"]) == pytest.approx(best_score)
+
+    # predict needs nothing but the checkpoint and a folder: classes and preprocessing travel with it.
+    out = tmp_path / "predictions.csv"
+    run_cli(["predict", f"--ckpt_path={best}", f"--data.init_args.predict_dir={tiny_folder / 'val'}",
+             "--data.init_args.num_workers=0", f"--prediction_writer.output={out}",
+             f"--trainer.default_root_dir={tmp_path / 'pred'}", "--trainer.enable_progress_bar=false"])
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 8
+    assert {r["predicted_class"] for r in rows} <= {"cat", "dog"}
+    assert all(0.5 <= float(r["probability"]) <= 1.0 for r in rows)
+    assert rows[0]["file"].endswith("val/cat/cat_0.png")
+
+
+def test_checkpoint_with_other_classes_than_the_data_is_refused(tiny_folder, tmp_path):
+    run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs"))
+    (tiny_folder / "val" / "dog").rename(tiny_folder / "val" / "wolf")
+    (tiny_folder / "train" / "dog").rename(tiny_folder / "train" / "wolf")
+    from tlx.errors import DataError
+
+    with pytest.raises(DataError, match=r"classes \['cat', 'dog'\] differ from the data's \['cat', 'wolf'\]"):
+        run_cli(["validate", f"--ckpt_path={_ckpt(tmp_path / 'runs')}", f"--data.init_args.root={tiny_folder}",
+                 "--data.init_args.num_workers=0", f"--trainer.default_root_dir={tmp_path / 'eval'}"])
+
+
+def test_user_errors_print_a_message_not_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tlx", "fit", "--config", "configs/hymenoptera.yaml",
+         f"--data.init_args.root={tmp_path / 'no_such_data'}", f"--trainer.default_root_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "tlx: error:" in result.stderr and "no_such_data' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_hymenoptera_end_to_end_with_real_weights(tmp_path):
+    """Frozen packaged Lite0 + linear head, one epoch on the real data: test and predict agree."""
+    root = tmp_path / "runs"
+    common = ["--config", str(REPO / "configs/hymenoptera.yaml"), f"--data.init_args.root={HYMENOPTERA}",
+              f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"]
+    fit = run_cli(["fit", *common, "--trainer.max_epochs=1", "--trainer.callbacks+=tlx.finetuning.FreezeBackbone",
+                   "--model.init_args.optimizer.init_args.lr=0.01"])
+    val_acc = float(fit.trainer.callback_metrics["val/acc"])
+    assert val_acc >= 0.9
+    test = run_cli(["test", *common, f"--ckpt_path={_ckpt(root)}"])
+    assert float(test.trainer.callback_metrics["test/acc"]) == pytest.approx(val_acc)
+    out = tmp_path / "pred.csv"
+    run_cli(["predict", *common, f"--ckpt_path={_ckpt(root)}", f"--prediction_writer.output={out}"])
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 153
+    correct = sum(r["predicted_class"] in r["file"].split("/")[-2] for r in rows)
+    assert correct / 153 == pytest.approx(val_acc, abs=1e-6)
+    info = json.loads((root / "lightning_logs" / "version_0" / "run.json").read_text())
+    assert info["class_names"] == ["ants", "bees"] and info["data_config"]["interpolation"] == "bicubic"
