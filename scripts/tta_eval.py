@@ -1,6 +1,6 @@
 """Accuracy and time of predict with each test-time augmentation, on a labelled folder.
 
-    python scripts/tta_eval.py --ckpt_path lightning_logs/version_0/checkpoints/best.ckpt \
+    python -m scripts.tta_eval --ckpt_path lightning_logs/version_0/checkpoints/best.ckpt \
         --images ../shared/data/hymenoptera/val
 
 Images under ``<images>/<class>/`` are predicted with ``tta`` none, flip, crops, flip_crops; the
