@@ -15,6 +15,7 @@ from torch import Tensor
 
 from tlx.backbones import DataConfig, create_backbone
 from tlx.errors import DataError
+from tlx.finetuning.base import fit_scheduler_to_groups, optimizer_param_groups, scale_group_lrs
 from tlx.heads import HeadFactory, LinearHead
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
 
@@ -165,11 +166,13 @@ class ImageClassifier(LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        # Trainable parameters, or a fine-tuning strategy's named groups with LR scales.
+        optimizer = self.optimizer_factory(optimizer_param_groups(self))
+        scale_group_lrs(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        fit_scheduler_to_groups(scheduler)
         config = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
