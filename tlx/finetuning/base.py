@@ -238,7 +238,7 @@ class FinetuneStrategy(BaseFinetuning):
             width = max(len(n) for n in counts) if counts else 5
             lines = [f"{type(self).__name__}, epoch {trainer.current_epoch}: {total_t:,} trainable, {total_f:,} frozen parameters",
                      f"  {'group':<{width}}  {'trainable':>12}  {'frozen':>12}  lr scale"]
-            lines += [f"  {n:<{width}}  {t:>12,}  {f:>12,}  {(format(scales[n], ".4g") if n in scales else "-")}" for n, (t, f) in counts.items()]
+            lines += [f"  {n:<{width}}  {t:>12,}  {f:>12,}  {(format(scales[n], '.4g') if n in scales else '-')}" for n, (t, f) in counts.items()]
             log.info("\n".join(lines))
         self._last_counts = counts
         values = {"params/trainable": float(total_t), "params/frozen": float(total_f)}
