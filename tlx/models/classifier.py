@@ -42,7 +42,9 @@ class ImageClassifier(LightningModule):
         head: the classifier head, called as ``head(num_features, num_classes)``; default
             :class:`~tlx.heads.LinearHead`.
         class_names: filled in from the data (and stored in checkpoints); set it only to pin them.
-        optimizer: called with the trainable parameters; default AdamW (lr 1e-3). (Defaults are
+        optimizer: called with the trainable parameters (or, with a fine-tuning strategy from
+            :mod:`tlx.finetuning` in ``trainer.callbacks``, its named parameter groups, each
+            group's LR scaled by the strategy); default AdamW (lr 1e-3). (Defaults are
             ``None`` so that jsonargparse cannot carry a default class's arguments, such as
             AdamW's weight decay, into the class a config names instead.)
         lr_scheduler: called with the optimizer; stepped every epoch.
