@@ -2,45 +2,29 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BaseFinetuning
-from torch import nn
+from lightning.pytorch import LightningModule
+
+from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
 
 
-def frozen_norm_layers(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-
-
-class FreezeBackbone(BaseFinetuning):
-    """Freeze ``pl_module.backbone`` for the whole run.
+class FreezeBackbone(FinetuneStrategy):
+    """Freeze ``pl_module.backbone`` for the whole run (the tutorial's "ConvNet as fixed feature
+    extractor"). The frozen backbone runs in eval mode, so its BatchNorm statistics and dropout
+    stay fixed and it computes the same features every epoch.
 
     Args:
-        train_bn: let BatchNorm layers inside the backbone train (affine parameters and running
-            statistics). Off by default: a frozen feature extractor should compute the same
-            features every epoch, so the whole backbone is kept in eval mode, which also keeps
-            BN statistics and dropout fixed. (Lightning's ``BaseFinetuning.freeze`` alone leaves
-            frozen BN updating its running statistics: Lightning issues 15062, 13902.)
+        train_bn: let BatchNorm layers inside the backbone train (affine parameters, in their own
+            optimizer group ``backbone.bn``, and running statistics).
+        freeze_bn_stats: see :class:`~tlx.finetuning.base.FinetuneStrategy`.
     """
 
-    def __init__(self, train_bn: bool = False):
-        super().__init__()
-        self.train_bn = train_bn
+    def __init__(self, train_bn: bool = False, freeze_bn_stats: bool = False):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
-        self.freeze(pl_module.backbone, train_bn=self.train_bn)
+        self.freeze_group(pl_module.backbone)
 
-    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer) -> None:
-        pass  # never unfrozen
-
-    def _hold_eval(self, pl_module: LightningModule) -> None:
-        # Lightning calls model.train() at every epoch start and after every validation run, so
-        # the eval mode of the frozen part is restored right before each training batch.
-        if self.train_bn:
-            for module in pl_module.backbone.modules():
-                if not isinstance(module, nn.modules.batchnorm._NormBase):
-                    module.eval()
-        else:
-            pl_module.backbone.eval()
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self._hold_eval(pl_module)
+    def groups(self, pl_module: LightningModule) -> list[ParamGroup]:
+        # Only what can ever train: with train_bn, the backbone's BatchNorm parameters.
+        bn = [p for p in pl_module.backbone.parameters() if p.requires_grad]
+        return [ParamGroup("head", head_params(pl_module)), ParamGroup("backbone.bn", bn)]

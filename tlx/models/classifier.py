@@ -15,6 +15,7 @@ from torch import Tensor
 
 from tlx.backbones import DataConfig, create_backbone
 from tlx.errors import DataError
+from tlx.finetuning.base import fit_scheduler_to_groups, optimizer_param_groups, scale_group_lrs
 from tlx.heads import HeadFactory, LinearHead
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
 
@@ -41,7 +42,9 @@ class ImageClassifier(LightningModule):
         head: the classifier head, called as ``head(num_features, num_classes)``; default
             :class:`~tlx.heads.LinearHead`.
         class_names: filled in from the data (and stored in checkpoints); set it only to pin them.
-        optimizer: called with the trainable parameters; default AdamW (lr 1e-3). (Defaults are
+        optimizer: called with the trainable parameters (or, with a fine-tuning strategy from
+            :mod:`tlx.finetuning` in ``trainer.callbacks``, its named parameter groups, each
+            group's LR scaled by the strategy); default AdamW (lr 1e-3). (Defaults are
             ``None`` so that jsonargparse cannot carry a default class's arguments, such as
             AdamW's weight decay, into the class a config names instead.)
         lr_scheduler: called with the optimizer; stepped every epoch.
@@ -170,11 +173,13 @@ class ImageClassifier(LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        # Trainable parameters, or a fine-tuning strategy's named groups with LR scales.
+        optimizer = self.optimizer_factory(optimizer_param_groups(self))
+        scale_group_lrs(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        fit_scheduler_to_groups(scheduler)
         config = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"

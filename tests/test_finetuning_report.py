@@ -1,0 +1,34 @@
+"""Every run prints and logs trainable and frozen parameter counts, per group."""
+
+import logging
+
+import pytest
+from lightning.pytorch.loggers import CSVLogger
+
+from tests.finetuning_utils import fit, tiny_data, tiny_model
+from tlx.finetuning import FinetuningError, FreezeBackbone, FreezeUnfreeze
+
+
+def test_counts_printed_on_change_and_logged(tiny_folder, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tlx")
+    model = tiny_model()
+    trainer = fit(tmp_path, model, tiny_data(tiny_folder), [FreezeUnfreeze(unfreeze_at_epoch=1)], epochs=2,
+                  logger=CSVLogger(tmp_path))
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
+    n_head = sum(p.numel() for p in model.head.parameters())
+    reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FreezeUnfreeze, epoch")]
+    assert len(reports) == 2  # epoch 0 and the unfreeze; nothing when nothing changes
+    assert f"{n_head:,} trainable, {n_backbone:,} frozen" in reports[0]
+    assert f"{n_head + n_backbone:,} trainable, 0 frozen" in reports[1]
+    assert "backbone" in reports[0] and "head" in reports[0]
+    m = trainer.callback_metrics
+    assert m["params/trainable"].item() == n_head + n_backbone
+    assert m["params/trainable/backbone"].item() == n_backbone
+    assert m["params/frozen/backbone"].item() == 0
+    csv = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "params/frozen/backbone" in csv.splitlines()[0]
+
+
+def test_two_strategies_are_refused(tiny_folder, tmp_path):
+    with pytest.raises(FinetuningError, match="Several fine-tuning strategies"):
+        fit(tmp_path, tiny_model(), tiny_data(tiny_folder), [FreezeBackbone(), FreezeUnfreeze()], epochs=1)

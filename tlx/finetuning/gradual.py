@@ -1,0 +1,64 @@
+"""Gradual unfreezing (ULMFiT): the head first, then one layer group more, top down, every k epochs."""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningModule
+from torch.optim import Optimizer
+
+from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
+from tlx.finetuning.groups import FinetuningError, LayerGroup, layer_groups
+
+
+class GradualUnfreeze(FinetuneStrategy):
+    """Epoch ``e`` trains the head and the top ``e // unfreeze_every`` layer groups.
+
+    Groups come from :func:`tlx.finetuning.groups.layer_groups` (timm's ``group_matcher``, or the
+    top-level children of a torchvision model). Each has its own optimizer group, named after
+    its modules, present (inert) from the start.
+
+    Args:
+        unfreeze_every: epochs between two unfreezes.
+        num_groups: merge the backbone's groups into this many (fewer, larger steps).
+        fine: timm models: one group per block instead of per stage.
+        backbone_lr_scale: LR of the top backbone group relative to the head's...
+        layer_decay: ...multiplied by this for every group further down (1.0: all equal).
+        warmup_steps: linear LR warm-up of each group over this many steps after its unfreeze.
+        train_bn, freeze_bn_stats: BatchNorm policy, see :class:`~tlx.finetuning.base.FinetuneStrategy`.
+    """
+
+    def __init__(
+        self,
+        unfreeze_every: int = 1,
+        num_groups: int | None = None,
+        fine: bool = False,
+        backbone_lr_scale: float = 1.0,
+        layer_decay: float = 1.0,
+        warmup_steps: int = 0,
+        train_bn: bool = False,
+        freeze_bn_stats: bool = False,
+    ):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats, warmup_steps=warmup_steps)
+        if unfreeze_every < 1:
+            raise FinetuningError(f"GradualUnfreeze: unfreeze_every must be at least 1, got {unfreeze_every}.")
+        self.unfreeze_every = unfreeze_every
+        self.num_groups = num_groups
+        self.fine = fine
+        self.backbone_lr_scale = backbone_lr_scale
+        self.layer_decay = layer_decay
+        self._layer_groups: list[LayerGroup] = []
+
+    def freeze_before_training(self, pl_module: LightningModule) -> None:
+        self._layer_groups = layer_groups(pl_module.backbone, self.num_groups, self.fine)
+        for group in self._layer_groups:
+            self.freeze_group(group)
+
+    def groups(self, pl_module: LightningModule) -> list[ParamGroup]:
+        out = [ParamGroup("head", head_params(pl_module))]
+        for depth, group in enumerate(reversed(self._layer_groups)):  # top group first
+            out.append(ParamGroup(group.name, group.params, self.backbone_lr_scale * self.layer_decay**depth))
+        return out
+
+    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        k = epoch // self.unfreeze_every
+        for group in self._layer_groups[len(self._layer_groups) - k :] if k > 0 else []:
+            self.unfreeze_group(group, pl_module)
