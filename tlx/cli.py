@@ -62,7 +62,7 @@ class TLXCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         # bf16 asked for on hardware without it: fp32 instead, with a message saying why (tlx.speed).
-        trainer_config = self.config[self.subcommand].trainer
+        trainer_config = (self.config[self.subcommand] if self.subcommand else self.config).trainer
         trainer_config.precision = resolve_precision(trainer_config.precision, str(trainer_config.accelerator))
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
