@@ -12,7 +12,7 @@ Rows (each in its own process, so that start-up and peak memory are its own):
   and batch size of a tlx row; no data pipeline, no framework. What the hardware can give.
 
 Printed and written as JSON: img/s (training), s/epoch (train + validation), val accuracy,
-peak RSS of the main process and of its largest worker, and the ratios the targets are about.
+peak RSS of the main process, peak PSS of the process and its workers together, and the ratios the targets are about.
 
     python scripts/benchmark.py                      # a few minutes on 2 CPU cores
     python scripts/benchmark.py --epochs-tutorial 3 --epochs-finetune 3 --out bench.json
@@ -40,12 +40,50 @@ SCRIPTS = Path(__file__).resolve().parent
 DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "hymenoptera").resolve()
 
 
-def _peak_rss_mb() -> dict[str, float]:
-    # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN: the largest waited-for child (a worker).
-    return {
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _pss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+class MemorySampler:
+    """Peak memory of this process and its DataLoader workers together: the sum of their PSS
+    (proportional set size, so pages that forked workers share with the parent count once),
+    sampled twice a second. ``ru_maxrss`` alone would miss the workers, and summing RSS would
+    count shared pages once per worker."""
+
+    def __init__(self, interval: float = 0.5):
+        import threading
+
+        self.peak, self.interval, self._stop = 0.0, interval, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, sum(_pss_mb(p) for p in [me, *_descendants(me)]))
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+            "peak_total_pss_mb": self.peak or None,  # None where /proc is missing
+        }
 
 
 # ---- rows, each run in a child process ---------------------------------------------------------
@@ -178,9 +216,10 @@ def run_row(name: str, args) -> dict:
     start = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.time() - start
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise SystemExit(f"benchmark row {name} failed (exit {proc.returncode})")
+    if proc.returncode != 0:  # report it and go on with the other rows
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+        print(f"[benchmark] {name} FAILED (exit {proc.returncode})", flush=True)
+        return {"error": f"exit {proc.returncode}", "wall_s": wall}
     result = json.loads(Path(result_file).read_text())
     os.unlink(result_file)
     result["wall_s"] = wall
@@ -190,7 +229,9 @@ def run_row(name: str, args) -> dict:
 def summarise(rows: dict) -> dict:
     out = {}
     for name, r in rows.items():
-        s = {k: r[k] for k in ("wall_s", "peak_rss_mb", "peak_worker_rss_mb", "precision", "feature_extraction_s") if k in r}
+        if "error" in r:
+            continue
+        s = {k: r[k] for k in ("wall_s", "peak_rss_mb", "peak_total_pss_mb", "precision", "feature_extraction_s") if k in r}
         if "epochs" in r:
             ep = r["epochs"]
             later = ep[1:] or ep
@@ -233,11 +274,11 @@ def print_table(s: dict, r: dict) -> None:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    print(f"\n{'row':22} {'img/s':>7} {'s/epoch':>8} {'1st ep s':>8} {'val acc':>7} {'wall s':>7} {'RSS MB':>7} {'wkr MB':>7}")
+    print(f"\n{'row':22} {'img/s':>7} {'s/epoch':>8} {'1st ep s':>8} {'val acc':>7} {'wall s':>7} {'RSS MB':>7} {'PSS MB':>7}")
     for name, v in s.items():
         print(f"{name:22} {f(v.get('train_img_s'), '7.1f')} {f(v.get('epoch_s'), '8.2f')} {f(v.get('first_epoch_s'), '8.2f')} "
               f"{f(v.get('best_val_acc'), '7.3f')} {f(v.get('wall_s'), '7.1f')} {f(v.get('peak_rss_mb'), '7.0f')} "
-              f"{f(v.get('peak_worker_rss_mb'), '7.0f')}")
+              f"{f(v.get('peak_total_pss_mb'), '7.0f')}")
     print()
     for k, v in r.items():
         print(f"{k:42} {v:6.2f}x")
@@ -262,8 +303,9 @@ def main() -> None:
     args = p.parse_args()
 
     if args.row:  # child process: one row
+        sampler = MemorySampler()
         result = ROWS[args.row](args)
-        result.update(_peak_rss_mb())
+        result.update(sampler.stop())
         Path(args.result_file).write_text(json.dumps(result))
         return
 
@@ -279,6 +321,8 @@ def main() -> None:
     for name in names:
         print(f"[benchmark] {name} ...", flush=True)
         rows[name] = run_row(name, args)
+        print(f"[benchmark] {name}: {json.dumps(summarise({name: rows[name]}).get(name, rows[name]))}", flush=True)
+        args.out.write_text(json.dumps({"partial": True, "rows": rows}, indent=1))  # survives an interrupted run
     s = summarise(rows)
     r = ratios(s)
     print_table(s, r)
