@@ -16,6 +16,7 @@ from tlx.callbacks import PredictionWriter
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 from tlx.trainer import TLXTrainer
+from tlx.speed.precision import resolve_precision
 
 
 class SaveRunInfo(SaveConfigCallback):
@@ -72,6 +73,9 @@ class TLXCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
     def before_instantiate_classes(self) -> None:
+        # bf16 asked for on hardware without it: fp32 instead, with a message saying why (tlx.speed).
+        trainer_config = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+        trainer_config.precision = resolve_precision(trainer_config.precision, str(trainer_config.accelerator))
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
         if self.subcommand in ("validate", "test", "predict", "export"):

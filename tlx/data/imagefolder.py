@@ -10,6 +10,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from tlx.backbones.base import DataConfig
+from tlx.data.decoded_cache import CachedLabelledImages, DecodedImages
 from tlx.data.datasets import LabelledImages, MixingCollate, UnlabelledImages, image_files
 from tlx.data.file_list import read_file_list
 from tlx.data.folders import (
@@ -58,6 +59,10 @@ class ImageFolderDataModule(LightningDataModule):
         verify_images: decode every file once before training and skip those that fail.
         fast_decode: let JPEG decoding skip resolution the resize would discard anyway.
         preprocessing: override the model's preprocessing (keys of :class:`tlx.backbones.DataConfig`).
+        cache_images: decode and resize every train/val/test image once and keep the uint8 pixels
+            (shared by the workers; random crops and flips still apply every epoch).
+            See :mod:`tlx.data.decoded_cache`.
+        image_cache_dir: keep that cache as memory-mapped files here, reused by later runs.
     """
 
     def __init__(
@@ -85,6 +90,8 @@ class ImageFolderDataModule(LightningDataModule):
         verify_images: bool = True,
         fast_decode: bool = True,
         preprocessing: dict | None = None,
+        cache_images: bool = False,
+        image_cache_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -93,6 +100,7 @@ class ImageFolderDataModule(LightningDataModule):
         self._scans: dict[str, FolderScan] | None = None
         self._splits: dict[str, list[Sample]] = {}
         self.predict_paths: list[str] = []
+        self._decoded: dict[str, DecodedImages] = {}
 
     # ---- what is on disk -------------------------------------------------------------------
     @property
@@ -183,10 +191,21 @@ class ImageFolderDataModule(LightningDataModule):
     def train_dataset(self) -> LabelledImages:
         hp = self.hparams
         transform = train_transform(self.data_config, tuple(hp.crop_scale), hp.hflip, hp.auto_augment)
-        return LabelledImages(self.samples("train"), transform, self._min_short_side)
+        return self._dataset("train", transform)
 
     def eval_dataset(self, split: str) -> LabelledImages:
-        return LabelledImages(self.samples(split), eval_transform(self.data_config), self._min_short_side)
+        return self._dataset(split, eval_transform(self.data_config))
+
+    def _dataset(self, split: str, transform) -> LabelledImages:
+        if not self.hparams.cache_images:
+            return LabelledImages(self.samples(split), transform, self._min_short_side)
+        if split not in self._decoded:  # built here, in the main process, before workers fork
+            cfg = self.data_config
+            self._decoded[split] = DecodedImages(
+                [p for p, _ in self.samples(split)], max(cfg.resize_size, cfg.input_size), cfg.interpolation,
+                self._min_short_side, self.hparams.num_workers, self.hparams.image_cache_dir,
+            )
+        return CachedLabelledImages(self.samples(split), transform, self._decoded[split])
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         hp = self.hparams

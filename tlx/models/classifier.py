@@ -115,7 +115,8 @@ class ImageClassifier(LightningModule):
 
     # ---- steps -------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
+        # 2-D input is pooled features already (tlx.speed.FeatureCache): the head only.
+        return self.head(x if x.ndim == 2 else self.backbone(x))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

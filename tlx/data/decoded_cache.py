@@ -1,0 +1,120 @@
+"""Decode and shrink every image once: uint8 pixels in one shared buffer, augmentation per epoch.
+
+Large photos cost most of their loading time in decoding and shrinking, which gives the same
+result every epoch. :class:`DecodedImages` does both once, resizing the short side to the
+evaluation resize (at least the crop size), and keeps the pixels in one contiguous uint8 array:
+built in the main process before DataLoader workers fork, so the workers share it instead of
+copying it, or, with ``cache_dir``, a ``.npy`` file memory-mapped by every worker and reused by
+later runs (keyed by the file list and the size). Random crops and flips still apply every epoch;
+the evaluation view is pixel-identical to decoding the file (its resize becomes a no-op).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from tlx.data.datasets import LabelledImages
+from tlx.data.images import load_rgb
+
+log = logging.getLogger("tlx")
+
+
+class _DecodeResize(Dataset):
+    def __init__(self, paths: Sequence[str], short_side: int, interpolation: str, decode_side: int | None):
+        self.paths, self.short_side, self.decode_side = list(paths), short_side, decode_side
+        self.interpolation = InterpolationMode(interpolation)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        # The same operations as the evaluation transform's ToImage + Resize, so pixels match.
+        img = TF.to_image(load_rgb(self.paths[i], self.decode_side))
+        img = TF.resize(img, [self.short_side], interpolation=self.interpolation, antialias=True)
+        return img.permute(1, 2, 0).contiguous().numpy()  # HWC
+
+
+def _identity(x):
+    return x
+
+
+def _key(paths: Sequence[str], short_side: int, interpolation: str, decode_side: int | None) -> str:
+    h = hashlib.sha256(json.dumps([short_side, interpolation, decode_side]).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+class DecodedImages:
+    """``images[i]``: the i-th file decoded, short side resized to ``short_side``, as CHW uint8."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        short_side: int,
+        interpolation: str = "bilinear",
+        decode_side: int | None = None,
+        num_workers: int = 0,
+        cache_dir: str | Path | None = None,
+    ):
+        self.status = "computed"
+        key = _key(paths, short_side, interpolation, decode_side)
+        files = (Path(cache_dir) / f"images-{key}.npy", Path(cache_dir) / f"images-{key}.index.npy") if cache_dir else None
+        if files and files[0].is_file() and files[1].is_file():
+            self.pixels, self.index = np.load(files[0], mmap_mode="r"), np.load(files[1])
+            self.status = "disk"
+            return
+        start = time.perf_counter()
+        loader = DataLoader(
+            _DecodeResize(paths, short_side, interpolation, decode_side),
+            batch_size=None, num_workers=num_workers, collate_fn=_identity,
+        )
+        arrays = list(loader)
+        # index rows: offset, height, width
+        sizes = np.array([a.size for a in arrays], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(arrays) else np.zeros(0, np.int64)
+        self.index = np.stack([offsets, [a.shape[0] for a in arrays], [a.shape[1] for a in arrays]], axis=1)
+        self.pixels = np.empty(int(sizes.sum()), dtype=np.uint8)
+        for a, off in zip(arrays, offsets):
+            self.pixels[off : off + a.size] = a.reshape(-1)
+        log.info("Decoded %d images once (%.0f MB, %.1f s).", len(arrays), self.pixels.nbytes / 2**20,
+                 time.perf_counter() - start)
+        if files:
+            files[0].parent.mkdir(parents=True, exist_ok=True)
+            for file, array in zip(files, (self.pixels, self.index)):
+                tmp = file.with_name(file.name + ".tmp.npy")
+                np.save(tmp, array)
+                os.replace(tmp, file)  # atomic: a killed run leaves no half-written cache
+            self.pixels = np.load(files[0], mmap_mode="r")  # workers then map the file
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        off, h, w = (int(v) for v in self.index[i])
+        hwc = np.asarray(self.pixels[off : off + h * w * 3]).reshape(h, w, 3)
+        return torch.from_numpy(np.array(hwc)).permute(2, 0, 1)  # a copy: the buffer stays read-only
+
+
+class CachedLabelledImages(LabelledImages):
+    """:class:`LabelledImages` whose pixels come from a :class:`DecodedImages` cache."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, images: DecodedImages):
+        super().__init__(samples, transform)
+        self.images = images
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), self.samples[index][1]
