@@ -1,0 +1,47 @@
+"""A callback for the multi-process tests: each rank writes what it saw to ``rank<N>.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+def _sampler_indices(loader) -> list[int]:
+    sampler = loader.sampler
+    return [int(i) for i in sampler]
+
+
+class ShardProbe(Callback):
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.record: dict = {"train_indices": [], "val_indices": []}
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        ddp = trainer.strategy.model
+        self.record.update(
+            global_rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            node_rank=trainer.node_rank,
+            cwd=os.getcwd(),
+            wrapper=type(ddp).__name__,
+            find_unused_parameters=getattr(ddp, "find_unused_parameters", None),
+            frozen_backbone=not any(p.requires_grad for p in pl_module.backbone.parameters()),
+            lrs=[g["lr"] for opt in trainer.optimizers for g in opt.param_groups],
+        )
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.record["train_indices"].append(_sampler_indices(trainer.train_dataloader))
+        self.record["train_sampler"] = type(trainer.train_dataloader.sampler).__name__
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.record["val_indices"].append(_sampler_indices(trainer.val_dataloaders))
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.record["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        self.record["global_step"] = trainer.global_step
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.record))
