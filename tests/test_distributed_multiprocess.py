@@ -129,7 +129,8 @@ def test_two_process_ddp_on_cpu(tiny3, tmp_path):
     assert s["val/acc"] == m0["val/acc"]
     assert s["val/f1"] == m0["val/f1"]
     assert s["val/acc_class/cat"] == m0["val/acc_class/cat"]
-    assert s["val/loss"] == pytest.approx(m0["val/loss"], rel=1e-6)
+    # Loss: per-batch float32 means over other batch compositions: equal up to rounding.
+    assert s["val/loss"] == pytest.approx(m0["val/loss"], rel=1e-4)
 
 
 def test_two_nodes_with_torchrun_on_loopback(tiny3, tmp_path):
