@@ -45,3 +45,19 @@ class ShardProbe(Callback):
         self.record["global_step"] = trainer.global_step
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.record))
+
+
+class Preempt(Callback):
+    """Simulates a SLURM preemption: SIGUSR1 to this process after ``at_step`` optimiser steps
+    (Lightning's handler saves an HPC checkpoint and calls ``scontrol requeue``), then the job is
+    killed. Active only when the environment variable ``TLX_TEST_PREEMPT`` is set."""
+
+    def __init__(self, at_step: int = 2):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if os.environ.get("TLX_TEST_PREEMPT") and trainer.global_step == self.at_step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGUSR1)  # the handler runs before the next bytecode
+            os._exit(143)  # killed like SLURM does at the end of the grace time
