@@ -2,7 +2,7 @@
 
 Each test starts real ``python -m tlx`` processes on a tiny model and tiny data (3 classes,
 24 training and 9 validation images: 9 is odd, so evaluation shards are uneven). Marked
-``multiprocess``: ``-m "not multiprocess"`` skips them (~1 minute together on 2 busy cores).
+``multiprocess``: ``-m "not multiprocess"`` skips them (about 60-90 s each on 2 shared cores).
 """
 
 from __future__ import annotations
