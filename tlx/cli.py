@@ -22,6 +22,12 @@ from tlx.speed.precision import resolve_precision
 class SaveRunInfo(SaveConfigCallback):
     """Beside the resolved ``config.yaml``: ``run.json`` with class names and preprocessing."""
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective (broadcast) under DDP: every rank must call it, so not in
+        # save_config, which runs on rank 0 only (a deadlock otherwise).
+        self._log_dir = trainer.log_dir
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         info = {
@@ -30,7 +36,7 @@ class SaveRunInfo(SaveConfigCallback):
             "backbone": getattr(getattr(pl_module, "backbone", None), "name", None),
             "stage": stage,
         }
-        with open(os.path.join(trainer.log_dir, "run.json"), "w") as f:
+        with open(os.path.join(self._log_dir, "run.json"), "w") as f:
             json.dump(info, f, indent=2)
 
 

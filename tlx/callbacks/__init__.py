@@ -2,10 +2,11 @@
 
 from tlx.callbacks.augmentation_preview import AugmentationPreview
 from tlx.callbacks.hparams import HParamsMetrics
+from tlx.callbacks.lr_scaling import ScaleLearningRate
 from tlx.callbacks.prediction_gallery import PredictionGallery
 from tlx.callbacks.prediction_writer import PredictionWriter
 from tlx.callbacks.top_losses import TopLosses
 from tlx.callbacks.trainable_summary import TrainableSummary
 
-__all__ = ["AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "TopLosses",
-           "TrainableSummary"]
+__all__ = ["AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "ScaleLearningRate",
+           "TopLosses", "TrainableSummary"]

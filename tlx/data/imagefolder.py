@@ -22,6 +22,7 @@ from tlx.data.folders import (
     scan_class_folders,
     stratified_split,
 )
+from tlx.data.sampling import eval_sampler
 from tlx.data.transforms import AutoAugment, batch_mixing, eval_transform, train_transform
 from tlx.data.tta import TTA, tta_transform
 from tlx.errors import DataError
@@ -207,7 +208,7 @@ class ImageFolderDataModule(LightningDataModule):
             )
         return CachedLabelledImages(self.samples(split), transform, self._decoded[split])
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool, evaluation: bool = False) -> DataLoader:
         hp = self.hparams
         workers = hp.num_workers
         sampler, collate = None, None
@@ -217,6 +218,8 @@ class ImageFolderDataModule(LightningDataModule):
             sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
         if train and (mix := batch_mixing(len(self.class_names), hp.mixup_alpha, hp.cutmix_alpha)):
             collate = MixingCollate(mix)
+        if evaluation:  # under DDP: unpadded shards, so that metrics count every image once
+            sampler = eval_sampler(dataset, self.trainer)
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
         return DataLoader(
             dataset,
@@ -235,10 +238,10 @@ class ImageFolderDataModule(LightningDataModule):
         return self._loader(self.train_dataset(), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_dataset("val"), train=False)
+        return self._loader(self.eval_dataset("val"), train=False, evaluation=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_dataset("test"), train=False)
+        return self._loader(self.eval_dataset("test"), train=False, evaluation=True)
 
     def predict_dataloader(self) -> DataLoader:
         tta = self.hparams.tta

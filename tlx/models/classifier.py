@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from tlx.backbones import DataConfig, create_backbone
 from tlx.errors import DataError
@@ -93,6 +94,9 @@ class ImageClassifier(LightningModule):
         self.test_metrics = scalar_metrics(n, "test/")
         self.val_details = per_class_metrics(n)
         self.test_details = per_class_metrics(n)
+        # Evaluation loss as a metric: summed over ranks under DDP, so it equals the single-process
+        # mean also when shards differ in size (sync_dist would average the ranks' means).
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
     # ---- classes flow in from the data -------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -135,7 +139,9 @@ class ImageClassifier(LightningModule):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics(logits, y)
         (self.val_details if stage == "val" else self.test_details).update(logits, y)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        mean_loss = self.val_loss if stage == "val" else self.test_loss
+        mean_loss.update(loss, weight=len(x))
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=True, batch_size=len(x))
         self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=len(x))
         return logits
 

@@ -1,0 +1,170 @@
+"""Real multi-process runs on CPU (gloo): 2-process DDP, and two "nodes" joined by torchrun.
+
+Each test starts real ``python -m tlx`` processes on a tiny model and tiny data (3 classes,
+24 training and 9 validation images: 9 is odd, so evaluation shards are uneven). Marked
+``multiprocess``: ``-m "not multiprocess"`` skips them (about 60-90 s each on 2 shared cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_MODEL, make_imagefolder
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.multiprocess
+
+TIMEOUT = 240  # a hung collective fails the test instead of hanging the suite
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loopback_env(port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
+               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for key in [k for k in env if k.startswith(("SLURM_", "TORCHELASTIC_")) or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")]:
+        del env[key]
+    return env
+
+
+def experiment(tmp_path: Path, data: Path, root_dir: str, probe_dir: Path, epochs: int = 2) -> Path:
+    """An experiment config: tiny model, frozen backbone, SGD lr 1e-3, the shard probe."""
+    config = {
+        "seed_everything": 42,
+        "trainer": {
+            "max_epochs": epochs,
+            "default_root_dir": root_dir,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+            "callbacks": [
+                {"class_path": "tlx.finetuning.FreezeBackbone"},
+                {"class_path": "tests.ddp_probe.ShardProbe", "init_args": {"out_dir": str(probe_dir)}},
+            ],
+        },
+        "model": {"class_path": "tlx.models.ImageClassifier",
+                  "init_args": {**TINY_MODEL, "optimizer": {"class_path": "torch.optim.SGD",
+                                                            "init_args": {"lr": 0.001, "momentum": 0.9}}}},
+        "data": {"class_path": "tlx.data.ImageFolderDataModule",
+                 "init_args": {"root": str(data), "batch_size": 4, "num_workers": 0}},
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def tiny3(tmp_path: Path) -> Path:
+    return make_imagefolder(tmp_path / "data", classes=("cat", "dog", "fox"), n_train=8, n_val=3)
+
+
+def read_probes(probe_dir: Path, world_size: int) -> list[dict]:
+    probes = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in range(world_size)]
+    assert [p["global_rank"] for p in probes] == list(range(world_size))
+    assert all(p["world_size"] == world_size for p in probes)
+    return probes
+
+
+def assert_disjoint_shards(shards: list[list[int]], n: int) -> None:
+    """Every index exactly once over the ranks."""
+    assert sorted(i for shard in shards for i in shard) == list(range(n))
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    return result
+
+
+def test_two_process_ddp_on_cpu(tiny3, tmp_path):
+    """``--config configs/trainer/ddp_cpu.yaml``: 2 processes, gloo; shards, metric sync, rank-0 writes."""
+    out, probe_dir = tmp_path / "runs", tmp_path / "probe"
+    exp = experiment(tmp_path, tiny3, str(out), probe_dir)
+    cmd = [sys.executable, "-m", "tlx", "fit", "--config", str(exp),
+           "--config", "configs/trainer/ddp_cpu.yaml", "--config", "configs/trainer/scale_lr.yaml"]
+    run(cmd, cwd=REPO, env=loopback_env(free_port()))
+
+    probes = read_probes(probe_dir, 2)
+    for p in probes:
+        # A frozen backbone under plain DDP (find_unused_parameters off) trained without error.
+        assert p["wrapper"] == "DistributedDataParallel" and p["find_unused_parameters"] is False
+        assert p["frozen_backbone"] and p["global_step"] == 2 * 3  # 2 epochs x 12 images / batch 4
+        # scale_lr.yaml appended to the experiment's callbacks: global batch 4 x 2 vs reference 32.
+        assert p["lrs"] == [pytest.approx(0.001 * 8 / 32)]
+        assert p["train_sampler"] == "DistributedSampler"
+    for epoch in range(2):
+        assert_disjoint_shards([p["train_indices"][epoch] for p in probes], 24)
+        assert_disjoint_shards([p["val_indices"][epoch] for p in probes], 9)  # 5 + 4, no padding
+    # Synchronised metrics: both ranks report the same figures.
+    m0, m1 = probes[0]["metrics"], probes[1]["metrics"]
+    for key in ("val/acc", "val/f1", "val/loss", "val/acc_class/cat"):
+        assert m0[key] == m1[key], key
+
+    # Only rank 0 wrote: one log version with one TensorBoard file, the config and checkpoints.
+    versions = sorted(p.name for p in (out / "lightning_logs").iterdir())
+    assert versions == ["version_0"]
+    log_dir = out / "lightning_logs" / "version_0"
+    assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1
+    assert (log_dir / "config.yaml").is_file() and (log_dir / "run.json").is_file()
+    assert sorted(p.name for p in (log_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+    # The same checkpoint validated by one process gives the same figures as the 2 processes did.
+    single = run_cli(["validate", "--config", str(exp), "--config", str(REPO / "configs/trainer/cpu.yaml"),
+                      f"--trainer.default_root_dir={tmp_path / 'single'}", "--trainer.callbacks=[]",
+                      "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+    s = {k: float(v) for k, v in single.trainer.callback_metrics.items()}
+    assert s["val/acc"] == m0["val/acc"]
+    assert s["val/f1"] == m0["val/f1"]
+    assert s["val/acc_class/cat"] == m0["val/acc_class/cat"]
+    # Loss: per-batch float32 means over other batch compositions: equal up to rounding.
+    assert s["val/loss"] == pytest.approx(m0["val/loss"], rel=1e-4)
+
+
+def test_two_nodes_with_torchrun_on_loopback(tiny3, tmp_path):
+    """scripts/torchrun.sh twice (--nnodes 2, node_rank 0/1, 127.0.0.1): trains; node 0 alone writes."""
+    probe_dir = tmp_path / "probe"
+    exp = experiment(tmp_path, tiny3, "runs", probe_dir, epochs=1)  # relative: each node its own cwd
+    port = free_port()
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    procs = []
+    for rank, cwd in enumerate(nodes):
+        cwd.mkdir()
+        env = loopback_env(port)
+        env.update(NNODES="2", NODE_RANK=str(rank), NPROC_PER_NODE="1", PYTHON=sys.executable)
+        cmd = ["bash", str(REPO / "scripts" / "torchrun.sh"), "fit", "--config", str(exp),
+               "--config", str(REPO / "configs" / "trainer" / "ddp_cpu.yaml")]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text[-6000:]
+
+    probes = read_probes(probe_dir, 2)
+    assert [p["node_rank"] for p in probes] == [0, 1]
+    assert [Path(p["cwd"]).name for p in probes] == ["node0", "node1"]
+    assert all(p["global_step"] == 3 for p in probes)  # 1 epoch x 12 images per rank / batch 4
+    assert_disjoint_shards([p["train_indices"][0] for p in probes], 24)
+    assert_disjoint_shards([p["val_indices"][0] for p in probes], 9)
+    assert probes[0]["metrics"]["val/acc"] == probes[1]["metrics"]["val/acc"]
+    # Node 0 wrote logs, config and checkpoints; node 1's working directory stayed empty.
+    log_dir = nodes[0] / "runs" / "lightning_logs" / "version_0"
+    assert (log_dir / "config.yaml").is_file() and (log_dir / "run.json").is_file()
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list(nodes[1].iterdir()) == []
