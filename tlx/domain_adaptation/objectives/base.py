@@ -29,7 +29,7 @@ class ObjectiveOutput:
 
     loss: Tensor
     source_weights: Tensor | None = None
-    logs: dict[str, Tensor] = field(default_factory=dict)
+    logs: dict[str, Tensor | float] = field(default_factory=dict)
 
 
 class Objective(nn.Module):
