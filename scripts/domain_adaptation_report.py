@@ -92,7 +92,8 @@ class FeatureDomains(LightningDataModule):
         (xs, ys), (xt, _) = self.source, self.target
         loaders = {
             "source": DataLoader(TensorDataset(xs, ys), self.batch_size, shuffle=True, drop_last=True),
-            "target": DataLoader(TensorDataset(xt, torch.arange(len(xt))), self.batch_size, shuffle=True, drop_last=True),
+            "target": DataLoader(TensorDataset(xt, torch.arange(len(xt))), self.batch_size, shuffle=True,
+                                 drop_last=True),
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
@@ -118,7 +119,8 @@ def run_features(task: str, method: str, seed: int, args) -> float:
     )
     data = FeatureDomains((xs, ys), (xt, yt), args.batch_size)
     trainer.fit(model, data)  # no validation while training: the target is scored once, at the end
-    evaluator = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    evaluator = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
     return evaluator.validate(model, data, verbose=False)[0]["val/acc"]
 
 
@@ -159,7 +161,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     run = run_features if args.mode == "features" else run_finetune
     if args.mode == "features":
-        budget = f"frozen efficientnet_lite0 features ({args.image_size} px), {args.steps} steps, batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}"
+        budget = (f"frozen efficientnet_lite0 features ({args.image_size} px), {args.steps} steps, "
+                  f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}")
     else:
         budget = f"full fine-tuning with configs/office31_<task>_<method>.yaml, {args.steps} steps"
     print(f"Office-31 target accuracy (%), {budget}, seeds {args.seeds}", flush=True)

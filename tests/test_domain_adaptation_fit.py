@@ -6,9 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import COLOURS, TINY_MODEL, write_image
+from tests.conftest import COLOURS, OFFICE31, TINY_MODEL, write_image
 from tests.helpers import run_cli, tiny_trainer
-from tlx.domain_adaptation import CDAN, CORAL, DAN, DANN, MCC, InstanceWeighting, SourceOnly, DomainAdaptationClassifier, DomainAdaptationDataModule
+from tlx.domain_adaptation import (
+    CDAN,
+    CORAL,
+    DAN,
+    DANN,
+    MCC,
+    DomainAdaptationClassifier,
+    DomainAdaptationDataModule,
+    InstanceWeighting,
+    SourceOnly,
+)
 from tlx.errors import DataError
 
 
@@ -22,6 +32,15 @@ def make_domain(root: Path, shift: int, n: int, labelled: bool = True, seed0: in
             folder = root / cls if labelled else root
             write_image(folder / f"{cls}_{i}.png", colour, seed=seed)
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny steps run faster on one thread than on two contended ones (this machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -125,3 +144,20 @@ def test_target_with_other_classes_is_a_clear_error(tmp_path):
         dm.samples("target")
     with pytest.raises(DataError, match="target_root"):
         DomainAdaptationDataModule(str(source), str(tmp_path / "nowhere")).samples("target")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not (OFFICE31 / "amazon").is_dir(), reason=f"Office-31 not found at {OFFICE31}")
+def test_office31_config_runs_on_real_data_and_weights(tmp_path):
+    small = {"input_size": 96, "resize_size": 110, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+    cli = run_cli([
+        "fit", "--config", "configs/office31_a2w_cdan.yaml",
+        f"--model.init_args.data_config={json.dumps(small)}",
+        "--data.init_args.batch_size=8", "--data.init_args.num_workers=0", "--data.init_args.verify_images=false",
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ])
+    assert len(cli.model.class_names) == 31 and cli.trainer.global_step == 2
+    assert cli.model.objective.discriminator[0].in_features == 1024  # 256 x 31 is randomized
+    assert "val/acc" in cli.trainer.callback_metrics

@@ -73,8 +73,9 @@ class DomainAdaptationClassifier(ImageClassifier):
         # Plain data in the hyperparameters: checkpoints load with weights_only=True.
         self.hparams["objective"] = self.objective.describe()
         self.bottleneck_dim = bottleneck_dim
+        width = self.backbone.num_features
         self.bottleneck = (
-            nn.Sequential(nn.Linear(self.backbone.num_features, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU())
+            nn.Sequential(nn.Linear(width, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU())
             if bottleneck_dim
             else nn.Identity()
         )
@@ -117,7 +118,8 @@ class DomainAdaptationClassifier(ImageClassifier):
         logits = self.head(f)
         out = self.objective(DomainBatch(f[:ns], f[ns:], logits[:ns], logits[ns:], ys, self.progress))
         ce = F.cross_entropy(logits[:ns].float(), ys, reduction="none", label_smoothing=self.hparams.label_smoothing)
-        cls_loss = ce.mean() if out.source_weights is None else (ce * out.source_weights).sum() / out.source_weights.sum()
+        w = out.source_weights
+        cls_loss = ce.mean() if w is None else (ce * w).sum() / w.sum()
         loss = cls_loss + out.loss
         log = dict(on_step=True, on_epoch=True, batch_size=ns)
         self.log("train/loss", loss, prog_bar=True, **log)

@@ -42,4 +42,5 @@ class DANN(Objective):
         labels = domain_labels(len(batch.source_features), len(batch.target_features), logits)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         acc = ((logits > 0).float() == labels).float().mean()
-        return ObjectiveOutput(self.trade_off * loss, logs={"domain_loss": loss.detach(), "domain_acc": acc, "grl_coeff": coeff})
+        logs = {"domain_loss": loss.detach(), "domain_acc": acc, "grl_coeff": coeff}
+        return ObjectiveOutput(self.trade_off * loss, logs=logs)
