@@ -161,3 +161,13 @@ def test_office31_config_runs_on_real_data_and_weights(tmp_path):
     assert len(cli.model.class_names) == 31 and cli.trainer.global_step == 2
     assert cli.model.objective.discriminator[0].in_features == 1024  # 256 x 31 is randomized
     assert "val/acc" in cli.trainer.callback_metrics
+
+
+def test_predict_runs_on_the_target_images(two_domains, tmp_path):
+    source, target = two_domains
+    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, class_names=["cat", "dog"])
+    out = tiny_trainer(tmp_path).predict(model, dm)
+    assert len(dm.predict_paths) == 6 and all(p.startswith(str(target)) for p in dm.predict_paths)
+    probs = torch.cat([o["probs"] for o in out])
+    assert probs.shape == (6, 2) and torch.allclose(probs.sum(1), torch.ones(6))
