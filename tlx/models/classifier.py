@@ -88,7 +88,7 @@ class ImageClassifier(LightningModule):
 
     def _build_head(self) -> None:
         n = self.num_classes
-        self.head = self.head_factory(self.backbone.num_features, n)
+        self.head = self.head_factory(self.feature_dim, n)
         self.train_acc = scalar_metrics(n, "train/")["acc"]
         self.val_metrics = scalar_metrics(n, "val/")
         self.test_metrics = scalar_metrics(n, "test/")
@@ -118,9 +118,18 @@ class ImageClassifier(LightningModule):
             self._build_head()
 
     # ---- steps -------------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        """Width of what :meth:`features` returns (the head's input); subclasses may add layers."""
+        return self.backbone.num_features
+
+    def features(self, x: Tensor) -> Tensor:
+        """Images to the features the head sees. 2-D input is pooled backbone features already
+        (:class:`tlx.speed.FeatureCache`), so the backbone is skipped."""
+        return x if x.ndim == 2 else self.backbone(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        # 2-D input is pooled features already (tlx.speed.FeatureCache): the head only.
-        return self.head(x if x.ndim == 2 else self.backbone(x))
+        return self.head(self.features(x))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

@@ -1,0 +1,173 @@
+"""Domain adaptation end to end on tiny generated two-domain data (colours shifted in the target)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import COLOURS, OFFICE31, TINY_MODEL, write_image
+from tests.helpers import run_cli, tiny_trainer
+from tlx.domain_adaptation import (
+    CDAN,
+    CORAL,
+    DAN,
+    DANN,
+    MCC,
+    DomainAdaptationClassifier,
+    DomainAdaptationDataModule,
+    InstanceWeighting,
+    SourceOnly,
+)
+from tlx.errors import DataError
+
+
+def make_domain(root: Path, shift: int, n: int, labelled: bool = True, seed0: int = 0) -> Path:
+    """cat/dog images; the target domain's colours are shifted (a covariate shift)."""
+    seed = seed0
+    for cls in ("cat", "dog"):
+        colour = tuple(min(255, c + shift) for c in COLOURS[cls])
+        for i in range(n):
+            seed += 1
+            folder = root / cls if labelled else root
+            write_image(folder / f"{cls}_{i}.png", colour, seed=seed)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny steps run faster on one thread than on two contended ones (this machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def two_domains(tmp_path):
+    return make_domain(tmp_path / "source", 0, 6), make_domain(tmp_path / "target", 60, 3, seed0=100)
+
+
+def da_fit_args(source, target, out_dir, objective="tlx.domain_adaptation.DANN", extra=()):
+    return [
+        "fit",
+        "--model.class_path=tlx.domain_adaptation.DomainAdaptationClassifier",
+        f"--model.init_args.backbone={TINY_MODEL['backbone']}",
+        "--model.init_args.weights=null",
+        f"--model.init_args.data_config={json.dumps(TINY_MODEL['data_config'])}",
+        "--model.init_args.bottleneck_dim=16",
+        f"--model.init_args.objective={objective}",
+        "--data.class_path=tlx.domain_adaptation.DomainAdaptationDataModule",
+        f"--data.init_args.source_root={source}",
+        f"--data.init_args.target_root={target}",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0",
+        f"--trainer.default_root_dir={out_dir}",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("objective", [CDAN(), DAN(), CORAL(), MCC(), InstanceWeighting(), SourceOnly()])
+def test_fit_each_objective_validates_on_target(two_domains, tmp_path, objective):
+    source, target = two_domains
+    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=objective)
+    trainer = tiny_trainer(tmp_path)
+    trainer.fit(model, dm)
+    assert dm.target_labelled
+    # An epoch runs over the larger domain (12 source images, 4 a step); the target cycles.
+    assert trainer.global_step == 3
+    metrics = trainer.callback_metrics
+    assert "val/acc" in metrics and torch.isfinite(metrics["train/transfer_loss_epoch"])
+    own = {k for k in model.state_dict() if k.startswith("objective.")}
+    assert bool(own) == isinstance(objective, (CDAN, InstanceWeighting))
+
+
+def test_discriminator_is_optimised_and_checkpoint_reloads(two_domains, tmp_path):
+    source, target = two_domains
+    cli = run_cli(da_fit_args(source, target, tmp_path / "runs", extra=["--trainer.max_epochs=2"]))
+    model = cli.model
+    optimised = {id(p) for group in cli.trainer.optimizers[0].param_groups for p in group["params"]}
+    assert all(id(p) in optimised for p in model.objective.parameters())
+    assert all(id(p) in optimised for p in model.bottleneck.parameters())
+    assert 0 < model.progress <= 1
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    loaded = DomainAdaptationClassifier.load_from_checkpoint(ckpt, weights_only=True)
+    assert isinstance(loaded.objective, DANN)
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["objective"]["init_args"]["gamma"] == 10.0
+    assert any(k.startswith("objective.discriminator.") for k in saved)
+    assert saved.keys() == loaded.state_dict().keys()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    # Test from the checkpoint, on the target, through the CLI.
+    args = da_fit_args(source, target, tmp_path / "runs")
+    args[0] = "test"
+    run_cli([*args[:-2], f"--ckpt_path={ckpt}"])
+
+
+def test_with_frozen_backbone_only_head_side_trains(two_domains, tmp_path):
+    source, target = two_domains
+    cli = run_cli(da_fit_args(source, target, tmp_path / "runs",
+                              extra=["--trainer.callbacks+=tlx.finetuning.FreezeBackbone"]))
+    assert not any(p.requires_grad for p in cli.model.backbone.parameters())
+    assert all(p.requires_grad for p in cli.model.objective.parameters())
+
+
+def test_bf16_mixed_fit(two_domains, tmp_path):
+    source, target = two_domains
+    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN())
+    trainer = tiny_trainer(tmp_path, precision="bf16-mixed")
+    trainer.fit(model, dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+
+
+def test_unlabelled_target_validates_on_held_out_source(tmp_path):
+    source = make_domain(tmp_path / "source", 0, 10)
+    target = make_domain(tmp_path / "target", 60, 3, labelled=False)
+    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0, val_split=0.2)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16)
+    tiny_trainer(tmp_path).fit(model, dm)
+    assert not dm.target_labelled
+    assert len(dm.samples("val")) == 4 and len(dm.samples("source")) == 16
+    assert all(label == -1 for _, label in dm.samples("target"))
+
+
+def test_target_with_other_classes_is_a_clear_error(tmp_path):
+    source = make_domain(tmp_path / "source", 0, 2)
+    write_image(tmp_path / "target" / "fox" / "a.png", COLOURS["fox"])
+    dm = DomainAdaptationDataModule(str(source), str(tmp_path / "target"))
+    with pytest.raises(DataError, match="Class folders differ"):
+        dm.samples("target")
+    with pytest.raises(DataError, match="target_root"):
+        DomainAdaptationDataModule(str(source), str(tmp_path / "nowhere")).samples("target")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not (OFFICE31 / "amazon").is_dir(), reason=f"Office-31 not found at {OFFICE31}")
+def test_office31_config_runs_on_real_data_and_weights(tmp_path):
+    small = {"input_size": 96, "resize_size": 110, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+    cli = run_cli([
+        "fit", "--config", "configs/office31_a2w_cdan.yaml",
+        f"--model.init_args.data_config={json.dumps(small)}",
+        "--data.init_args.batch_size=8", "--data.init_args.num_workers=0", "--data.init_args.verify_images=false",
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ])
+    assert len(cli.model.class_names) == 31 and cli.trainer.global_step == 2
+    assert cli.model.objective.discriminator[0].in_features == 1024  # 256 x 31 is randomized
+    assert "val/acc" in cli.trainer.callback_metrics
+
+
+def test_predict_runs_on_the_target_images(two_domains, tmp_path):
+    source, target = two_domains
+    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, class_names=["cat", "dog"])
+    out = tiny_trainer(tmp_path).predict(model, dm)
+    assert len(dm.predict_paths) == 6 and all(p.startswith(str(target)) for p in dm.predict_paths)
+    probs = torch.cat([o["probs"] for o in out])
+    assert probs.shape == (6, 2) and torch.allclose(probs.sum(1), torch.ones(6))
