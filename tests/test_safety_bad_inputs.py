@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 
 import numpy as np
 import pytest
@@ -105,8 +104,8 @@ def test_weights_file_for_another_architecture(tiny_folder, tmp_path, capsys):
     weights = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(10, 8)}, weights)
     msg = run_main(tiny_fit_args(tiny_folder, tmp_path, extra=[f"--model.init_args.weights_path={weights}"]), capsys)
-    assert msg.startswith(f"tlx: error: Weights file '{weights}' does not fit backbone 'test_efficientnet': ")
-    assert "tensors missing (e.g. conv_stem.weight" in msg
+    assert msg.startswith(f"tlx: error: Weights file '{weights}' does not fit backbone ")
+    assert "test_efficientnet" in msg and "tensors missing (e.g. conv_stem.weight" in msg
     assert msg.endswith("Check that the file was saved from the same architecture.")
 
 
@@ -136,9 +135,8 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tiny_folder, tmp_path, caps
 
 def test_truncated_checkpoint(tiny_folder, tmp_path, capsys):
     bad = tmp_path / "cut.ckpt"
-    buffer = pickle.dumps({"a": 1})
     torch.save({"w": torch.zeros(1000)}, bad)
-    bad.write_bytes(bad.read_bytes()[:300] + buffer[:3])
+    bad.write_bytes(bad.read_bytes()[:300])  # what a non-atomic write leaves when killed
     msg = run_main([*tiny_fit_args(tiny_folder, tmp_path / "runs"), f"--ckpt_path={bad}"], capsys)
     assert msg.startswith(f"tlx: error: Could not read checkpoint '{bad}' (")
     assert msg.endswith("The file may be truncated or not a checkpoint; use another one (e.g. best.ckpt or last.ckpt).")

@@ -82,17 +82,23 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
+    except Exception as e:
+        raise load_error(path, e) from None
+
+
+def load_error(path: str | Path, e: Exception) -> CheckpointError:
+    """The message for a checkpoint that ``torch.load(weights_only=True)`` failed on."""
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, pickle.UnpicklingError):
+        return CheckpointError(
             f"Refusing to load checkpoint {str(path)!r}: it carries pickled Python objects, which could run "
             "code when loaded. tlx checkpoints hold only tensors and plain data; load files only from sources "
-            f"you trust, and re-save them as plain state. Details: {str(e).splitlines()[0]}"
-        ) from None
-    except Exception as e:  # truncated, not a torch file, ...
-        raise CheckpointError(
-            f"Could not read checkpoint {str(path)!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            "The file may be truncated or not a checkpoint; use another one (e.g. best.ckpt or last.ckpt)."
-        ) from None
+            f"you trust, and re-save them as plain state. Details: {first_line}"
+        )
+    return CheckpointError(  # truncated, not a torch file, ...
+        f"Could not read checkpoint {str(path)!r} ({type(e).__name__}: {first_line}). "
+        "The file may be truncated or not a checkpoint; use another one (e.g. best.ckpt or last.ckpt)."
+    )
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

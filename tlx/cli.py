@@ -20,7 +20,7 @@ from tlx.callbacks.finite_loss import StopOnNonFinite
 from tlx.callbacks.last_checkpoint import EXIT_CODE as PREEMPTED_EXIT_CODE
 from tlx.callbacks.last_checkpoint import LastCheckpoint
 from tlx.callbacks.random_state import RandomState
-from tlx.checkpointing import SafeCheckpointIO
+from tlx.checkpointing import SafeCheckpointIO, load_error
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 
@@ -70,6 +70,15 @@ class TLXCLI(LightningCLI):
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters first (weights_only=True): say why it fails.
+        try:
+            super()._parse_ckpt_path()
+        except Exception as e:
+            if isinstance(e, TLXError):
+                raise
+            raise load_error(self.config[self.config.subcommand].get("ckpt_path"), e) from e
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
