@@ -85,6 +85,9 @@ class TLXCLI(LightningCLI):
         if config.get("ckpt_path") == resume.LAST:  # across version folders, see tlx/resume.py
             root, dirpath = config.trainer.get("default_root_dir"), config.get("checkpoint", {}).get("dirpath")
             config.ckpt_path, self._resume_version = resume.resolve_last(self.subcommand, root, dirpath)
+            if config.ckpt_path:  # what LightningCLI does for a given path: take the checkpoint's hparams
+                self._parse_ckpt_path()
+                config = self.config[self.subcommand]
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
         if self.subcommand in ("validate", "test", "predict"):
