@@ -57,3 +57,29 @@ def test_ckpt_path_last_continues_the_newest_run_in_its_folder(tiny_folder, tmp_
     assert sorted(p.name for p in (runs / "lightning_logs").iterdir()) == ["version_0"]  # same folder
     last = torch.load(runs / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 8
+
+
+def test_epoch_order_is_a_function_of_seed_epoch_and_position():
+    from tlx.data.resumable import EpochOrder, SeededDraws
+
+    full = list(EpochOrder(10, seed=1, epoch=3))
+    assert list(EpochOrder(10, seed=1, epoch=3, start=4)) == full[4:]  # resumes mid-epoch
+    assert list(EpochOrder(10, seed=1, epoch=4)) != full and list(EpochOrder(10, seed=2, epoch=3)) != full
+    assert sorted(k % 10 for k in full) == list(range(10))  # a permutation when not weighted
+    weighted = list(EpochOrder(10, seed=1, weights=torch.tensor([0.0] * 5 + [1.0] * 5)))
+    assert all(k % 10 >= 5 for k in weighted)  # class-balanced draws use the weights
+    order = EpochOrder(10, seed=1)
+    order.set_epoch(3)
+    assert list(order) == full
+
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.rand(2)  # a random augmentation
+
+    draws = SeededDraws(Noise(), seed=1)
+    before = torch.get_rng_state()
+    assert torch.equal(draws[full[2]], draws[full[2]]) and not torch.equal(draws[full[2]], draws[full[3]])
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG (dropout) is untouched
