@@ -35,6 +35,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tlx.checkpointing import PARTIAL_PREFIX  # noqa: E402
+from tlx.resume import find_last_checkpoint  # noqa: E402
 
 TINY = {"input_size": 32, "resize_size": 36, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
 EPOCHS = 3
@@ -78,7 +79,7 @@ def final_state(out: Path, data: Path, workers: int) -> dict:
     """Weights digest, step and validation metrics of the finished run's last.ckpt."""
     from tlx.cli import TLXCLI
 
-    last = ckpt_dir(out) / "last.ckpt"
+    last = find_last_checkpoint(out)  # a run killed before its first checkpoint restarts in version_1
     ckpt = torch.load(last, weights_only=True)
     digest = hashlib.sha256()
     for k in sorted(ckpt["state_dict"]):
@@ -159,10 +160,9 @@ def main() -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        folder = ckpt_dir(out)
-        partial = folder.is_dir() and any(p.name.startswith(PARTIAL_PREFIX) for p in folder.iterdir())
-        last = folder / "last.ckpt"
-        from_step = torch.load(last, weights_only=True)["global_step"] if last.exists() else "start"
+        partial = any(out.glob(f"lightning_logs/version_*/checkpoints/{PARTIAL_PREFIX}*"))
+        last = find_last_checkpoint(out)
+        from_step = torch.load(last, weights_only=True)["global_step"] if last else "start"
 
         proc = start([*args, "--ckpt_path=last"])
         _, err = proc.communicate()
