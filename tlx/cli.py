@@ -8,11 +8,20 @@ import os
 import sys
 import warnings
 
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tlx import resume
 from tlx.callbacks import PredictionWriter
+from tlx.callbacks.finite_loss import StopOnNonFinite
+from tlx.callbacks.last_checkpoint import EXIT_CODE as PREEMPTED_EXIT_CODE
+from tlx.callbacks.last_checkpoint import LastCheckpoint
+from tlx.callbacks.random_state import RandomState
+from tlx.checkpointing import SafeCheckpointIO, load_error
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 from tlx.trainer import TLXTrainer
@@ -41,6 +50,8 @@ class SaveRunInfo(SaveConfigCallback):
 
 
 class TLXCLI(LightningCLI):
+    _resume_version: int | None = None  # set by `--ckpt_path last` (tlx/resume.py)
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("model_class", ImageClassifier)
         kwargs.setdefault("datamodule_class", LightningDataModule)
@@ -77,11 +88,27 @@ class TLXCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters first (weights_only=True): say why it fails.
+        try:
+            super()._parse_ckpt_path()
+        except Exception as e:
+            if isinstance(e, TLXError):
+                raise
+            raise load_error(self.config[self.config.subcommand].get("ckpt_path"), e) from e
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
         # bf16 asked for on hardware without it: fp32 instead, with a message saying why (tlx.speed).
-        trainer_config = (self.config[self.subcommand] if self.subcommand else self.config).trainer
-        trainer_config.precision = resolve_precision(trainer_config.precision, str(trainer_config.accelerator))
+        config.trainer.precision = resolve_precision(config.trainer.precision, str(config.trainer.accelerator))
+        if config.get("ckpt_path") == resume.LAST:  # across version folders, see tlx/resume.py
+            root, dirpath = config.trainer.get("default_root_dir"), config.get("checkpoint", {}).get("dirpath")
+            config.ckpt_path, self._resume_version = resume.resolve_last(self.subcommand, root, dirpath)
+            if config.ckpt_path:  # what LightningCLI does for a given path: take the checkpoint's hparams
+                self._parse_ckpt_path()
+                config = self.config[self.subcommand]
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
         if self.subcommand in ("validate", "test", "predict", "export"):
@@ -90,6 +117,21 @@ class TLXCLI(LightningCLI):
                 init_args = config.model.get("init_args") or config.model
                 init_args["weights"] = None
                 init_args["weights_path"] = None
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        # "Nothing lost": atomic, weights_only checkpoint IO; non-finite losses stop; RNG resumes.
+        config = self._get(self.config_init, "trainer", default={})
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs.setdefault("plugins", plugins + [SafeCheckpointIO()])
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        kwargs.setdefault("callbacks", callbacks + [StopOnNonFinite(), RandomState()])
+        if self._resume_version is not None and config.get("logger") in (None, True):
+            kwargs.setdefault("logger", TensorBoardLogger(config.get("default_root_dir") or os.getcwd(),
+                                                          version=self._resume_version))
+        return super().instantiate_trainer(**kwargs)
 
 
 def _configure_logging() -> None:
@@ -101,12 +143,29 @@ def _configure_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _tlx_error(e: BaseException | None) -> TLXError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, TLXError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     _configure_logging()
     # Lightning's own use of a deprecated torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec.*")
     try:
         TLXCLI(args=args)
-    except TLXError as e:
-        print(f"tlx: error: {e}", file=sys.stderr)
+    except Exception as e:
+        # jsonargparse wraps errors raised while instantiating classes (an unknown backbone, say).
+        cause = _tlx_error(e)
+        if cause is None:
+            raise
+        print(f"tlx: error: {cause}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        print("tlx: stopped by SIGTERM after saving a checkpoint; resume with --ckpt_path last.", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from tlx.backbones.base import DataConfig
 from tlx.data.decoded_cache import CachedLabelledImages, DecodedImages
@@ -22,6 +22,7 @@ from tlx.data.folders import (
     scan_class_folders,
     stratified_split,
 )
+from tlx.data.resumable import ResumableTrainData
 from tlx.data.sampling import eval_sampler
 from tlx.data.transforms import AutoAugment, batch_mixing, eval_transform, train_transform
 from tlx.data.tta import TTA, tta_transform
@@ -30,7 +31,7 @@ from tlx.errors import DataError
 log = logging.getLogger("tlx")
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
     """Images in class folders, in either of two layouts.
 
     * ``root/{train,val[,test]}/<class>/*``: the splits as given (no ``val`` folder: ``val_split``
@@ -211,21 +212,20 @@ class ImageFolderDataModule(LightningDataModule):
     def _loader(self, dataset: Dataset, train: bool, evaluation: bool = False) -> DataLoader:
         hp = self.hparams
         workers = hp.num_workers
-        sampler, collate = None, None
+        collate, weights, resume = None, None, {"dataset": dataset}
         if train and hp.balanced_sampling:
             counts = torch.bincount(torch.tensor(dataset.targets), minlength=len(self.class_names))
             weights = (1.0 / counts.clamp(min=1).double())[dataset.targets]
-            sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
         if train and (mix := batch_mixing(len(self.class_names), hp.mixup_alpha, hp.cutmix_alpha)):
             collate = MixingCollate(mix)
         if evaluation:  # under DDP: unpadded shards, so that metrics count every image once
-            sampler = eval_sampler(dataset, self.trainer)
+            resume["sampler"] = eval_sampler(dataset, self.trainer)
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
+        if train:  # seeded order and augmentations that a checkpoint can resume mid-epoch (resumable.py)
+            resume = self.resumable(dataset, batch_size, weights)
         return DataLoader(
-            dataset,
+            **resume,
             batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
             # A last batch of one image breaks BatchNorm in training; drop the remainder instead.
             drop_last=train and len(dataset) > batch_size,
             num_workers=workers,

@@ -63,7 +63,7 @@ def check_image(path: str | Path) -> str | None:
                     img.draft("RGB", (32, 32))  # full decode, at 1/8 scale: finds truncation cheaply
                 img.load()
     except Image.DecompressionBombError as e:
-        return f"too large ({e})"
+        return f"too large: {e} Downscale the file."
     except Exception as e:  # UnidentifiedImageError, truncated data, OS errors
         return str(e) or type(e).__name__
     return None

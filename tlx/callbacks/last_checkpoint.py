@@ -1,0 +1,108 @@
+"""Keep ``last.ckpt`` current, and save it on SIGTERM (cluster preemption) before exiting.
+
+Lightning 2.6's ModelCheckpoint rewrites ``last.ckpt`` only when it also saves a top-k checkpoint,
+i.e. when the monitored metric improved: after an epoch without improvement ``last.ckpt`` is an
+older state, and resuming from it repeats work. This callback writes it after every validation
+during ``fit`` (and every ``every_n_train_steps`` steps if set), into the ModelCheckpoint's folder.
+
+SIGTERM: Lightning's own handler makes the loops exit at once, even in the middle of a validation
+run, and saves nothing (``OnExceptionCheckpoint`` would save on *any* error, a NaN loss included).
+While ``fit`` trains, this callback takes SIGTERM over: the handler only sets a flag; after the
+current training batch (or at the end of validation) ``last.ckpt`` is written, and Lightning's
+exit path is triggered; ``python -m tlx`` then exits with status 143.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger("tlx")
+
+EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
+class LastCheckpoint(Callback):
+    """Write ``last.ckpt`` after each validation, every N training steps, and on SIGTERM.
+
+    Args:
+        every_n_train_steps: also save after every N optimizer steps (0: only after validation).
+            Preemptible jobs lose at most this many steps.
+        on_sigterm: save and stop at the next safe point when the process receives SIGTERM.
+    """
+
+    def __init__(self, every_n_train_steps: int = 0, on_sigterm: bool = True):
+        self.every_n_train_steps = every_n_train_steps
+        self.on_sigterm = on_sigterm
+        self.sigterm = False
+        self.preempted_path: str | None = None
+        self._previous_handler = None
+
+    # ---- where -------------------------------------------------------------------------------
+    @staticmethod
+    def _model_checkpoint(trainer: Trainer) -> ModelCheckpoint | None:
+        return next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)), None)
+
+    def path(self, trainer: Trainer) -> str:
+        cb = self._model_checkpoint(trainer)
+        folder = cb.dirpath if cb is not None and cb.dirpath else os.path.join(trainer.default_root_dir, "checkpoints")
+        return os.path.join(folder, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
+
+    def save(self, trainer: Trainer) -> str:
+        path = self.path(trainer)
+        trainer.save_checkpoint(path)
+        cb = self._model_checkpoint(trainer)
+        if cb is not None and os.path.dirname(path) == cb.dirpath:
+            cb.last_model_path = path  # ModelCheckpoint then overwrites this file instead of adding last-v1
+        return path
+
+    # ---- when --------------------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Runs after Lightning registered its own handler (Trainer._run), so ours replaces it.
+        if self.on_sigterm and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.sigterm = True  # only a flag: the checkpoint is written at the next safe point
+
+    def _stop_if_preempted(self, trainer: Trainer) -> bool:
+        if not self.sigterm or self.preempted_path is not None:
+            return False
+        self.preempted_path = self.save(trainer)
+        log.warning("SIGTERM received: saved %s; resume with --ckpt_path last.", self.preempted_path)
+        trainer._signal_connector.received_sigterm = True  # Lightning's loops exit at their next check
+        return True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if self._stop_if_preempted(trainer):
+            return
+        n = self.every_n_train_steps
+        if n and trainer.global_step % n == 0:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if self._stop_if_preempted(trainer):
+            return
+        cb = self._model_checkpoint(trainer)
+        if cb is not None and cb.save_last and cb.monitor and self._will_save_top_k(cb, trainer):
+            return  # ModelCheckpoint (running after us) writes last.ckpt now, with its updated best
+        self.save(trainer)
+
+    @staticmethod
+    def _will_save_top_k(cb: ModelCheckpoint, trainer: Trainer) -> bool:
+        every = getattr(cb, "_every_n_epochs", 1)
+        if cb.save_top_k == 0 or every < 1 or (trainer.current_epoch + 1) % every:
+            return False
+        return cb.check_monitor_top_k(trainer, trainer.callback_metrics.get(cb.monitor))
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None

@@ -1,0 +1,122 @@
+"""Checkpoint files that are never half-written and never run code when loaded.
+
+:class:`SafeCheckpointIO` is a Lightning ``CheckpointIO`` plugin, so every checkpoint write goes
+through it: ModelCheckpoint's ``best``/``last``, the preemption save, ``trainer.save_checkpoint``.
+(A ModelCheckpoint subclass would only cover its own writes.)
+
+* Writes go to a temporary file in the checkpoint's own folder, are fsync'ed, then renamed over the
+  target (``os.replace`` is atomic on one filesystem). Lightning's own ``_atomic_save`` stages the
+  file in the system temp folder and ``shutil.move``\\ s it, which falls back to a plain, interruptible
+  copy when that folder is on another filesystem (the usual cluster layout), and never fsyncs.
+* Reads use ``torch.load(weights_only=True)`` whatever the caller asks for: tlx checkpoints hold
+  tensors and plain data only, and a file with pickled objects is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from tlx.errors import TLXError
+
+log = logging.getLogger("tlx")
+
+PARTIAL_PREFIX = ".tlx-partial-"  # no "last" in it: Lightning's last-checkpoint search must not see it
+
+
+class CheckpointError(TLXError, ValueError):
+    """A checkpoint that is missing, corrupt or unsafe to load."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one, whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # make the rename itself durable
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported everywhere (Windows); the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_partial_files(folder: str | Path) -> list[Path]:
+    """Delete temporary files left by a process killed mid-write; return them."""
+    stale = sorted(Path(folder).glob(f"{PARTIAL_PREFIX}*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("Removed %d partial checkpoint file(s) left by an interrupted write in %s", len(stale), folder)
+    return stale
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with messages that say what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise load_error(path, e) from None
+
+
+def load_error(path: str | Path, e: Exception) -> CheckpointError:
+    """The message for a checkpoint that ``torch.load(weights_only=True)`` failed on."""
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, pickle.UnpicklingError):
+        return CheckpointError(
+            f"Refusing to load checkpoint {str(path)!r}: it carries pickled Python objects, which could run "
+            "code when loaded. tlx checkpoints hold only tensors and plain data; load files only from sources "
+            f"you trust, and re-save them as plain state. Details: {first_line}"
+        )
+    return CheckpointError(  # truncated, not a torch file, ...
+        f"Could not read checkpoint {str(path)!r} ({type(e).__name__}: {first_line}). "
+        "The file may be truncated or not a checkpoint; use another one (e.g. best.ckpt or last.ckpt)."
+    )
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Atomic, fsync'ed checkpoint writes; ``weights_only=True`` reads (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cleaned: set[Path] = set()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options.")
+        folder = Path(path).parent
+        if folder not in self._cleaned and folder.is_dir():
+            remove_partial_files(folder)
+        self._cleaned.add(folder)
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        # map_location=None: Lightning moves the restored tensors itself; keep them where they were saved.
+        return safe_torch_load(path, map_location=map_location or (lambda storage, loc: storage))
