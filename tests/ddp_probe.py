@@ -10,8 +10,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 def _sampler_indices(loader) -> list[int]:
-    sampler = loader.sampler
-    return [int(i) for i in sampler]
+    # The training sampler yields keys ``index + n * draw`` (tlx.data.resumable): back to indices.
+    n = len(loader.dataset)
+    return [int(i) % n for i in loader.sampler]
 
 
 class ShardProbe(Callback):

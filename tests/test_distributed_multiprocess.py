@@ -104,7 +104,9 @@ def test_two_process_ddp_on_cpu(tiny3, tmp_path):
         assert p["frozen_backbone"] and p["global_step"] == 2 * 3  # 2 epochs x 12 images / batch 4
         # scale_lr.yaml appended to the experiment's callbacks: global batch 4 x 2 vs reference 32.
         assert p["lrs"] == [pytest.approx(0.001 * 8 / 32)]
-        assert p["train_sampler"] == "DistributedSampler"
+        # Lightning shards tlx's seeded, resumable order (tlx.data.resumable) across the ranks.
+        assert p["train_sampler"] == "DistributedSamplerWrapper"
+    assert probes[0]["train_indices"][0] != probes[0]["train_indices"][1]  # reshuffled every epoch
     for epoch in range(2):
         assert_disjoint_shards([p["train_indices"][epoch] for p in probes], 24)
         assert_disjoint_shards([p["val_indices"][epoch] for p in probes], 9)  # 5 + 4, no padding
