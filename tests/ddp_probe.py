@@ -42,6 +42,13 @@ class ShardProbe(Callback):
             self.record["val_indices"].append(_sampler_indices(trainer.val_dataloaders))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The per-dataset caches: how much of each this process built itself.
+        for cb in trainer.callbacks:
+            if type(cb).__name__ == "FeatureCache":
+                self.record["features_extracted_here"] = cb.extracted_here
+                self.record["feature_status"] = dict(cb.last_status)
+        decoded = getattr(trainer.datamodule, "_decoded", {})
+        self.record["images_decoded_here"] = {split: d.decoded_here for split, d in decoded.items()}
         self.record["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         self.record["global_step"] = trainer.global_step
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,41 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return result
 
 
+def test_caches_are_built_once_across_ranks(tiny3, tmp_path):
+    """Feature cache and decoded-image cache under 2-process DDP: each rank builds half, rank 0
+    writes the files once, and a second run reads them instead of building."""
+    out, probe_dir = tmp_path / "runs", tmp_path / "probe"
+    exp = experiment(tmp_path, tiny3, str(out), probe_dir)
+    cache = tmp_path / "cache"
+    args = [sys.executable, "-m", "tlx", "fit", "--config", str(exp), "--config", "configs/trainer/ddp_cpu.yaml",
+            "--trainer.callbacks+=tlx.speed.FeatureCache", f"--trainer.callbacks.cache_dir={cache / 'features'}",
+            "--data.init_args.cache_images=true", f"--data.init_args.image_cache_dir={cache / 'images'}"]
+    run(args, cwd=REPO, env=loopback_env(free_port()))
+    probes = read_probes(probe_dir, 2)
+    # 24 train + 9 val images: every image through the backbone once over both ranks.
+    assert sorted(p["features_extracted_here"] for p in probes) == [16, 17]
+    assert all(p["feature_status"] == {"train": "computed", "val": "computed"} for p in probes)
+    assert sorted(len(list((cache / "features").glob(f"{s}-*.pt"))) for s in ("train", "val")) == [1, 1]
+    assert not list(cache.rglob("*.tmp*"))
+    # The decoded-image cache (which the extraction reads) is also built by halves.
+    for split, n in (("train", 24), ("val", 9)):
+        assert sum(p["images_decoded_here"][split] for p in probes) == n
+    assert len(list((cache / "images").glob("images-*.index.npy"))) == 2  # train, val
+    m0, m1 = probes[0]["metrics"], probes[1]["metrics"]
+    assert m0["val/acc"] == m1["val/acc"]
+    for p in probes:
+        # 2 epochs x 24 images / (batch 4 x 2 ranks); eval shards unpadded (5 + 4 of 9).
+        assert p["global_step"] == 2 * 3
+    assert sorted(len(v) for p in probes for v in p["val_indices"]) == [4, 4, 5, 5]
+
+    # Second run: both caches come from disk, nothing is built.
+    run(args, cwd=REPO, env=loopback_env(free_port()))
+    probes = read_probes(probe_dir, 2)
+    assert all(p["features_extracted_here"] == 0 for p in probes)
+    assert all(p["images_decoded_here"] == {} for p in probes)  # features on disk: no image needed
+    assert all(p["feature_status"] == {"train": "disk", "val": "disk"} for p in probes)
+
+
 def test_two_process_ddp_on_cpu(tiny3, tmp_path):
     """``--config configs/trainer/ddp_cpu.yaml``: 2 processes, gloo; shards, metric sync, rank-0 writes."""
     out, probe_dir = tmp_path / "runs", tmp_path / "probe"

@@ -29,10 +29,11 @@ def test_trainer_configs_compose_after_an_experiment_config(capsys):
     cfg = printed_config(capsys, "configs/hymenoptera.yaml", "configs/trainer/ddp.yaml", "configs/trainer/scale_lr.yaml")
     trainer = cfg["trainer"]
     assert (trainer["strategy"], trainer["devices"], trainer["sync_batchnorm"]) == ("ddp", -1, True)
-    assert trainer["max_epochs"] == 4  # the experiment's keys stay
-    # callbacks+ appended ScaleLearningRate to the experiment's LearningRateMonitor.
+    experiment = yaml.safe_load(open(REPO / "configs/hymenoptera.yaml"))["trainer"]
+    assert trainer["max_epochs"] == experiment["max_epochs"]  # the experiment's keys stay
+    # callbacks+ appended ScaleLearningRate to the experiment's own callbacks.
     assert [c["class_path"] for c in trainer["callbacks"]] == [
-        "lightning.pytorch.callbacks.LearningRateMonitor", "tlx.callbacks.ScaleLearningRate"]
+        c["class_path"] for c in experiment["callbacks"]] + ["tlx.callbacks.ScaleLearningRate"]
     cpu = printed_config(capsys, "configs/hymenoptera.yaml", "configs/trainer/cpu.yaml")["trainer"]
     assert (cpu["accelerator"], cpu["devices"]) == ("cpu", 1)
 

@@ -5,7 +5,8 @@ result every epoch. :class:`DecodedImages` does both once, resizing the short si
 evaluation resize (at least the crop size), and keeps the pixels in one contiguous uint8 array:
 built in the main process before DataLoader workers fork, so the workers share it instead of
 copying it, or, with ``cache_dir``, a ``.npy`` file memory-mapped by every worker and reused by
-later runs (keyed by the file list and the size). Random crops and flips still apply every epoch;
+later runs (keyed by the file list and the size). Under DDP the ranks decode a share each and
+exchange them (:mod:`tlx.data.shared_build`): the cache is built once, not once per rank. Random crops and flips still apply every epoch;
 the evaluation view is pixel-identical to decoding the file (its resize becomes a no-op).
 """
 
@@ -27,6 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from tlx.data.datasets import LabelledImages
 from tlx.data.images import load_rgb
+from tlx.data.shared_build import all_ranks, build_shared, is_writer
 
 log = logging.getLogger("tlx")
 
@@ -71,18 +73,24 @@ class DecodedImages:
         cache_dir: str | Path | None = None,
     ):
         self.status = "computed"
+        self.decoded_here = 0  # files this process decoded (its share under DDP)
         key = _key(paths, short_side, interpolation, decode_side)
         files = (Path(cache_dir) / f"images-{key}.npy", Path(cache_dir) / f"images-{key}.index.npy") if cache_dir else None
-        if files and files[0].is_file() and files[1].is_file():
+        if all_ranks(bool(files) and files[0].is_file() and files[1].is_file()):
             self.pixels, self.index = np.load(files[0], mmap_mode="r"), np.load(files[1])
             self.status = "disk"
             return
         start = time.perf_counter()
-        loader = DataLoader(
-            _DecodeResize(paths, short_side, interpolation, decode_side),
-            batch_size=None, num_workers=num_workers, collate_fn=_identity,
-        )
-        arrays = list(loader)
+
+        def decode(some_paths: Sequence[str]) -> list[np.ndarray]:
+            loader = DataLoader(
+                _DecodeResize(some_paths, short_side, interpolation, decode_side),
+                batch_size=None, num_workers=num_workers, collate_fn=_identity,
+            )
+            self.decoded_here += len(some_paths)
+            return list(loader)
+
+        arrays = build_shared(list(paths), decode)  # under DDP each rank decodes its share
         # index rows: offset, height, width
         sizes = np.array([a.size for a in arrays], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(arrays) else np.zeros(0, np.int64)
@@ -92,7 +100,7 @@ class DecodedImages:
             self.pixels[off : off + a.size] = a.reshape(-1)
         log.info("Decoded %d images once (%.0f MB, %.1f s).", len(arrays), self.pixels.nbytes / 2**20,
                  time.perf_counter() - start)
-        if files:
+        if files and is_writer():
             files[0].parent.mkdir(parents=True, exist_ok=True)
             for file, array in zip(files, (self.pixels, self.index)):
                 tmp = file.with_name(file.name + ".tmp.npy")

@@ -106,7 +106,7 @@ class ResumableTrainData:
         if self._resume:  # once: a later epoch's loader starts at its beginning
             state, self._resume = self._resume, None
             epoch, start = (state["epoch"] + 1, 0) if state["finished"] else (state["epoch"], state["done"] * batch_size)
-            if start and getattr(getattr(self, "trainer", None), "world_size", 1) > 1:
+            if start and getattr(getattr(self, "trainer", None), "distributed_sampler_kwargs", None) is not None:
                 # Under DDP the sampler is sharded by Lightning's wrapper, which needs whole epochs:
                 # the interrupted epoch restarts from its beginning (same order), as in plain Lightning.
                 log.warning("Resuming mid-epoch under DDP: epoch %d restarts from its first batch.", epoch)

@@ -12,7 +12,8 @@ run on images as usual).
 The cache is keyed by a hash of the backbone's weights, the preprocessing, the extraction
 precision and the file list (path, size, modification time, label): change any of them and the
 features are recomputed. Keys live in memory (this callback instance) and, with ``cache_dir``,
-on disk across runs.
+on disk across runs. Under DDP each rank extracts a share of the images and all receive the
+whole (:mod:`tlx.data.shared_build`); rank 0 alone writes ``cache_dir``.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
+from tlx.data.sampling import eval_sampler
+from tlx.data.shared_build import all_ranks, build_shared, is_writer, rank_and_world
 from tlx.errors import TLXError
 
 log = logging.getLogger("tlx")
@@ -82,7 +86,22 @@ class FeatureBatches(Dataset):
         return feats, self.labels[idx]
 
 
-def feature_loader(features: Tensor, labels: Tensor, batch_size: int, train: bool) -> DataLoader:
+class FeatureSamples(FeatureBatches):
+    """One image's features per item: for DDP, where Lightning and tlx shard samples, not batches."""
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        feats, labels = super().__getitem__([index])
+        return feats[0], labels[0]
+
+
+def feature_loader(features: Tensor, labels: Tensor, batch_size: int, train: bool, trainer: Any = None) -> DataLoader:
+    if rank_and_world()[1] > 1:
+        # Under DDP: Lightning gives the training loader a DistributedSampler (reshuffled every
+        # epoch); evaluation gets tlx's unpadded shards, so that metrics count each image once.
+        dataset = FeatureSamples(features, labels)
+        drop_last = train and len(dataset) > batch_size
+        sampler = None if train else eval_sampler(dataset, trainer)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train, sampler=sampler, drop_last=drop_last)
     dataset = FeatureBatches(features, labels)
     sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
     # Same rule as the image loader: no last batch of one image in training.
@@ -133,6 +152,7 @@ class FeatureCache(Callback):
         self._patched: Any = None
         self.last_status: dict[str, str] = {}  # split -> "memory" | "disk" | "computed"
         self.extract_seconds = 0.0
+        self.extracted_here = 0
 
     # ---- checks ------------------------------------------------------------------------------
     @staticmethod
@@ -152,26 +172,33 @@ class FeatureCache(Callback):
 
     # ---- extraction --------------------------------------------------------------------------
     def _extract(self, trainer: Trainer, pl_module: LightningModule, dataset: Dataset, workers: int) -> Tensor:
-        loader = DataLoader(dataset, batch_size=self.extract_batch_size, shuffle=False, num_workers=workers)
-        backbone, out = pl_module.backbone, []
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
-            for x, _ in loader:
-                out.append(backbone(x.to(pl_module.device)).float().cpu())
-        return torch.cat(out)
+        backbone = pl_module.backbone
+
+        def extract(indices: Sequence[int]) -> list[Tensor]:
+            loader = DataLoader(Subset(dataset, indices), batch_size=self.extract_batch_size, num_workers=workers)
+            out = []
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                for x, _ in loader:
+                    out.append(backbone(x.to(pl_module.device)).float().cpu())
+            self.extracted_here += len(indices)
+            return list(torch.cat(out)) if out else []
+
+        # Under DDP each rank extracts its share and all receive the whole (built once, not per rank).
+        return torch.stack(build_shared(range(len(dataset)), extract))
 
     def _features(self, key: str, split: str, compute) -> tuple[Tensor, Tensor]:
         if key in self._memory:
             self.last_status[split] = "memory"
             return self._memory[key]
         file = self.cache_dir / f"{split}-{key}.pt" if self.cache_dir else None
-        if file is not None and file.is_file():
+        if all_ranks(file is not None and file.is_file()):
             blob = torch.load(file, weights_only=True)
             value, self.last_status[split] = (blob["features"], blob["labels"]), "disk"
         else:
             start = time.perf_counter()
             value, self.last_status[split] = compute(), "computed"
             self.extract_seconds += time.perf_counter() - start
-            if file is not None:
+            if file is not None and is_writer():
                 file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = file.with_suffix(".tmp")
                 torch.save({"features": value[0], "labels": value[1]}, tmp)
@@ -192,6 +219,7 @@ class FeatureCache(Callback):
         was_training = pl_module.backbone.training
         pl_module.backbone.eval()
         self.extract_seconds = 0.0
+        self.extracted_here = 0  # images this process ran through the backbone (its DDP share)
         try:
             train_samples, val_samples = dm.samples("train"), dm.samples("val")
             train_prep = dict(prep, views=self.augmented_views)
@@ -224,8 +252,8 @@ class FeatureCache(Callback):
         # Lightning asks the data module for its loaders (fit loop and validation loop) after
         # on_fit_start: instance attributes shadow the methods for this fit only.
         self._patched = dm
-        dm.train_dataloader = lambda: feature_loader(*train, bs, train=True)
-        dm.val_dataloader = lambda: feature_loader(*val, ebs, train=False)
+        dm.train_dataloader = lambda: feature_loader(*train, bs, train=True, trainer=trainer)
+        dm.val_dataloader = lambda: feature_loader(*val, ebs, train=False, trainer=trainer)
         if self.head_threads and pl_module.device.type == "cpu":
             self._threads = torch.get_num_threads()
             torch.set_num_threads(self.head_threads)
