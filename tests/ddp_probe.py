@@ -10,6 +10,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 def _sampler_indices(loader) -> list[int]:
+    if isinstance(loader, dict):  # domain adaptation: the source loader (and the target's)
+        loader = loader["source"]
     # The training sampler yields keys ``index + n * draw`` (tlx.data.resumable): back to indices.
     n = len(loader.dataset)
     return [int(i) % n for i in loader.sampler]
@@ -35,7 +37,10 @@ class ShardProbe(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.record["train_indices"].append(_sampler_indices(trainer.train_dataloader))
-        self.record["train_sampler"] = type(trainer.train_dataloader.sampler).__name__
+        loader = trainer.train_dataloader
+        loaders = loader if isinstance(loader, dict) else {"train": loader}
+        self.record["train_sampler"] = type(next(iter(loaders.values())).sampler).__name__
+        self.record["train_samplers"] = {k: type(v.sampler).__name__ for k, v in loaders.items()}
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -205,3 +205,30 @@ def test_two_nodes_with_torchrun_on_loopback(tiny3, tmp_path):
     assert (log_dir / "config.yaml").is_file() and (log_dir / "run.json").is_file()
     assert (log_dir / "checkpoints" / "last.ckpt").is_file()
     assert list(nodes[1].iterdir()) == []
+
+
+def test_domain_adaptation_under_ddp(tmp_path):
+    """DANN with a source and a target loader on 2 processes: synchronised target metrics, and the
+    same figures as one process validating the same checkpoint."""
+    from tests.test_domain_adaptation_fit import da_fit_args, make_domain
+
+    source, target = make_domain(tmp_path / "source", 0, 8), make_domain(tmp_path / "target", 60, 5, seed0=100)
+    (target / "dog" / "dog_4.png").unlink()  # 9 target images: uneven evaluation shards
+    out, probe_dir = tmp_path / "runs", tmp_path / "probe"
+    probe = json.dumps([{"class_path": "tests.ddp_probe.ShardProbe", "init_args": {"out_dir": str(probe_dir)}}])
+    args = da_fit_args(source, target, out, extra=["--trainer.max_epochs=2", f"--trainer.callbacks={probe}"])
+    run([sys.executable, "-m", "tlx", *args, "--config", "configs/trainer/ddp_cpu.yaml"],
+        cwd=REPO, env=loopback_env(free_port()))
+    probes = read_probes(probe_dir, 2)
+    assert probes[0]["metrics"]["val/acc"] == probes[1]["metrics"]["val/acc"]
+    assert all(p["global_step"] == 2 * 2 for p in probes)  # 16 source images / (4 x 2 ranks) per epoch
+    # Source and target loaders are both sharded by Lightning's DistributedSampler.
+    assert all(p["train_samplers"] == {"source": "DistributedSampler", "target": "DistributedSampler"} for p in probes)
+    for epoch in range(2):
+        assert_disjoint_shards([p["train_indices"][epoch] for p in probes], 16)
+    assert sorted(len(v) for p in probes for v in p["val_indices"]) == [4, 4, 5, 5]  # 9, no padding
+    ckpt = out / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    validate = da_fit_args(source, target, tmp_path / "single")
+    validate[0] = "validate"
+    single = run_cli([*validate[:-2], "--trainer.callbacks=[]", f"--ckpt_path={ckpt}"])
+    assert float(single.trainer.callback_metrics["val/acc"]) == probes[0]["metrics"]["val/acc"]

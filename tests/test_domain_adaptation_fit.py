@@ -171,3 +171,24 @@ def test_predict_runs_on_the_target_images(two_domains, tmp_path):
     assert len(dm.predict_paths) == 6 and all(p.startswith(str(target)) for p in dm.predict_paths)
     probs = torch.cat([o["probs"] for o in out])
     assert probs.shape == (6, 2) and torch.allclose(probs.sum(1), torch.ones(6))
+
+
+FINETUNING_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "finetuning").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", FINETUNING_CONFIGS, ids=[p.stem for p in FINETUNING_CONFIGS])
+def test_every_finetuning_strategy_drives_the_da_model(config, two_domains, tmp_path):
+    """Each strategy's callbacks (configs/finetuning/*.yaml) on a DANN model: the bottleneck and
+    the discriminator train with the head's group, the backbone as the strategy says."""
+    import yaml
+
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    source, target = two_domains
+    cli = run_cli(da_fit_args(source, target, tmp_path / "runs",
+                              extra=[f"--trainer.callbacks={json.dumps(callbacks)}"]))
+    groups = {g["name"]: g for g in cli.trainer.optimizers[0].param_groups}
+    head = {id(p) for p in groups["head"]["params"]}
+    model = cli.model
+    assert all(id(p) in head for p in model.objective.parameters())
+    assert all(id(p) in head for p in model.bottleneck.parameters())
+    assert torch.isfinite(cli.trainer.callback_metrics["train/transfer_loss_epoch"])

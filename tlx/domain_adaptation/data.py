@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlx.backbones.base import DataConfig
 from tlx.data.datasets import LabelledImages, UnlabelledImages, image_files
 from tlx.data.folders import Sample, check_same_classes, drop_unreadable, scan_class_folders, stratified_split
+from tlx.data.sampling import eval_sampler
 from tlx.data.transforms import AutoAugment, eval_transform, train_transform
 from tlx.errors import DataError
 
@@ -136,13 +137,15 @@ class DomainAdaptationDataModule(LightningDataModule):
     def _min_short_side(self) -> int | None:
         return self.data_config.resize_size if self.hparams.fast_decode else None
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool, evaluation: bool = False) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=train,
+            # under DDP: unpadded shards, so that target metrics count every image once
+            sampler=eval_sampler(dataset, self.trainer) if evaluation else None,
             drop_last=train and len(dataset) > batch_size,  # no BatchNorm batches of one
             num_workers=hp.num_workers,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
@@ -160,7 +163,7 @@ class DomainAdaptationDataModule(LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = LabelledImages(self.samples(split), eval_transform(self.data_config), self._min_short_side)
-        return self._loader(dataset, False)
+        return self._loader(dataset, False, evaluation=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
