@@ -65,3 +65,22 @@ def test_gradual_unfreeze_bn_only_moves_in_unfrozen_groups(tiny_folder, tmp_path
     changed = {n.rpartition(".")[0] for n in rec.changed_bn_buffers(model)}
     assert changed, "the unfrozen top group's BN statistics should move"
     assert not (changed & bottom_bns)
+
+
+@pytest.mark.parametrize("epoch", range(0, 9))
+def test_gradual_unfreeze_state_depends_on_the_epoch_only(epoch):
+    """What a resumed run sees: from all-frozen, finetune_function(epoch) alone gives the top
+    min(epoch // every, n) groups trainable, also long after the last group was unfrozen."""
+    from types import SimpleNamespace
+
+    model = tiny_model()
+    model._trainer = SimpleNamespace(global_step=0)  # unfreeze_group records the step
+    strategy = GradualUnfreeze(unfreeze_every=1, num_groups=4)
+    strategy._frozen_modules = []
+    strategy.freeze_before_training(model)
+    groups = strategy._layer_groups
+    assert len(groups) == 4
+    strategy.finetune_function(model, epoch, optimizer=None)
+    trainable = [all(p.requires_grad for p in g.params) for g in groups]
+    k = min(epoch, 4)
+    assert trainable == [False] * (4 - k) + [True] * k

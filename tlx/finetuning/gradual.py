@@ -59,6 +59,9 @@ class GradualUnfreeze(FinetuneStrategy):
         return out
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        k = epoch // self.unfreeze_every
-        for group in self._layer_groups[len(self._layer_groups) - k :] if k > 0 else []:
+        # The state as of `epoch` (a resumed run calls this once): the top k groups, k capped at
+        # all of them (an uncapped k would slice from a negative index, i.e. from the top again).
+        n = len(self._layer_groups)
+        k = min(epoch // self.unfreeze_every, n)
+        for group in self._layer_groups[n - k :]:
             self.unfreeze_group(group, pl_module)
