@@ -139,3 +139,31 @@ def test_hymenoptera_end_to_end_with_real_weights(tmp_path):
     assert correct / 153 == pytest.approx(val_acc, abs=1e-6)
     info = json.loads((root / "lightning_logs" / "version_0" / "run.json").read_text())
     assert info["class_names"] == ["ants", "bees"] and info["data_config"]["interpolation"] == "bicubic"
+
+
+def test_data_preprocessing_override_travels_with_the_checkpoint(tiny_folder, tmp_path):
+    """data.preprocessing overrides the model's: run.json and the checkpoint record what the data
+    fed the model, so predict and export from the checkpoint preprocess as training did."""
+    override = {"input_size": 24, "resize_size": 28, "interpolation": "bilinear",
+                "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    fit = run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs",
+                                extra=[f"--data.init_args.preprocessing={json.dumps(override)}"]))
+    assert fit.model.data_config.to_dict() == override
+    log_dir = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert json.loads((log_dir / "run.json").read_text())["data_config"] == override
+    saved = torch.load(_ckpt(tmp_path / "runs"), weights_only=True)["hyper_parameters"]["data_config"]
+    assert saved == override
+
+
+def test_built_in_safety_callbacks_are_not_doubled(tiny_folder, tmp_path):
+    """A config naming tlx's always-on callbacks gets them once, with its own settings."""
+    from tlx.callbacks.finite_loss import StopOnNonFinite
+    from tlx.callbacks.random_state import RandomState
+
+    cli = run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs", extra=[
+        "--trainer.callbacks+=tlx.callbacks.random_state.RandomState",
+        "--trainer.callbacks+=tlx.callbacks.finite_loss.StopOnNonFinite",
+        "--trainer.callbacks.check_gradients=false"]))
+    stops = [cb for cb in cli.trainer.callbacks if isinstance(cb, StopOnNonFinite)]
+    assert len(stops) == 1 and stops[0].check_gradients is False
+    assert sum(isinstance(cb, RandomState) for cb in cli.trainer.callbacks) == 1

@@ -192,3 +192,16 @@ def test_every_finetuning_strategy_drives_the_da_model(config, two_domains, tmp_
     assert all(id(p) in head for p in model.objective.parameters())
     assert all(id(p) in head for p in model.bottleneck.parameters())
     assert torch.isfinite(cli.trainer.callback_metrics["train/transfer_loss_epoch"])
+
+
+def test_export_keeps_the_bottleneck(two_domains, tmp_path):
+    """The exported model runs the DA model's own forward (backbone -> bottleneck -> head)."""
+    from tlx.export import export_checkpoint
+
+    source, target = two_domains
+    cli = run_cli(da_fit_args(source, target, tmp_path / "runs"))
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    meta = export_checkpoint(cli.model, str(ckpt), output_dir=str(tmp_path / "export"),
+                             verify_images=str(target / "cat"), num_verify=3)
+    assert len(meta["verification"]["images"]) == 3
+    assert max(meta["verification"]["max_abs_diff"].values()) <= 1e-4

@@ -33,3 +33,23 @@ def test_cosine_head_logits_are_scaled_cosines_and_the_scale_learns():
     fixed = CosineHead(8, 4, scale=5.0, learn_scale=False)
     assert "log_scale" not in dict(fixed.named_parameters())
     assert fixed.scale.item() == pytest.approx(5.0)
+
+
+def test_a_model_rebuilds_from_its_own_plain_hyperparameters(tmp_path):
+    """Python API (no LightningCLI instantiator): classes given directly are saved as dotted names
+    and come back as the same classes, so load_from_checkpoint works."""
+    import torch
+
+    from tests.conftest import TINY_MODEL
+    from tlx.heads import CosineHead
+    from tlx.models import ImageClassifier
+
+    model = ImageClassifier(**TINY_MODEL, head=CosineHead, optimizer=torch.optim.SGD, class_names=["a", "b"])
+    assert model.hparams["head"] == "tlx.heads.cosine.CosineHead"
+    again = ImageClassifier(**dict(model.hparams))
+    again.configure_model()
+    assert isinstance(again.head, CosineHead) and again.optimizer_factory is torch.optim.SGD
+    spec = {"class_path": "tlx.heads.MLPHead", "init_args": {"hidden_sizes": [8]}}
+    third = ImageClassifier(**{**dict(model.hparams), "head": spec})
+    third.configure_model()
+    assert type(third.head).__name__ == "MLPHead"

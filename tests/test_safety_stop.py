@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import Callback
 
 from tests.conftest import REPO
+from tests.helpers import run_cli
 from tests.test_cli_smoke import tiny_fit_args
 from tlx.cli import main
 
@@ -69,3 +70,21 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_every_n_steps_saves_once_per_optimizer_step_under_accumulation(tiny_folder, tmp_path, monkeypatch):
+    """accumulate_grad_batches=2: batches 2k and 2k+1 share a global step; one save per N steps."""
+    from tlx.callbacks.last_checkpoint import LastCheckpoint
+
+    steps, save = [], LastCheckpoint.save
+
+    def recording_save(self, trainer):
+        if trainer.training:  # saves from on_train_batch_end, not the one after each validation
+            steps.append(trainer.global_step)
+        return save(self, trainer)
+
+    monkeypatch.setattr(LastCheckpoint, "save", recording_save)
+    run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2,
+                          extra=["--last_checkpoint.every_n_train_steps=1", "--trainer.accumulate_grad_batches=2"]))
+    assert steps == sorted(set(steps)) and 0 not in steps
+    assert steps == list(range(1, steps[-1] + 1))  # every optimizer step once

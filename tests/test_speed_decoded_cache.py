@@ -65,3 +65,23 @@ def test_fit_with_cached_images_and_workers(tiny_folder, tmp_path):
     assert "val/acc" in trainer.callback_metrics
     assert len(list((tmp_path / "img").glob("images-*.npy"))) == 4  # train and val: pixels + index
     assert DataConfig.from_dict(TINY_PREPROCESSING) == dm.data_config
+
+
+def test_test_split_falling_back_to_val_reuses_its_decoded_cache(tmp_path):
+    from tests.conftest import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "data")  # train/val, no test folder
+    dm = _datamodule(root, cache_images=True)
+    val = dm.eval_dataset("val")
+    test = dm.eval_dataset("test")
+    assert test.images is val.images and sorted(dm._decoded) == ["val"]
+
+
+def test_hidden_files_are_not_predicted(tmp_path):
+    """macOS AppleDouble files (._x.jpg) are skipped in predict_dir as in the class folders."""
+    from tests.conftest import write_image
+    from tlx.data.datasets import image_files
+
+    write_image(tmp_path / "a.png", (10, 20, 30))
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert image_files(tmp_path) == [str(tmp_path / "a.png")]

@@ -41,7 +41,8 @@ class SaveRunInfo(SaveConfigCallback):
         datamodule = trainer.datamodule
         info = {
             "class_names": getattr(datamodule, "class_names", None) or getattr(pl_module, "class_names", None),
-            "data_config": pl_module.data_config.to_dict() if hasattr(pl_module, "data_config") else None,
+            # the data module's: data.preprocessing may override the model's (which adopts it in setup)
+            "data_config": (getattr(datamodule, "data_config", None) or pl_module.data_config).to_dict(),
             "backbone": getattr(getattr(pl_module, "backbone", None), "name", None),
             "stage": stage,
         }
@@ -127,7 +128,9 @@ class TLXCLI(LightningCLI):
             kwargs.setdefault("plugins", plugins + [SafeCheckpointIO()])
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-        kwargs.setdefault("callbacks", callbacks + [StopOnNonFinite(), RandomState()])
+        # Built-ins the config does not already have (a second RandomState would clash as state).
+        built_in = [cb for cb in (StopOnNonFinite(), RandomState()) if not any(isinstance(c, type(cb)) for c in callbacks)]
+        kwargs.setdefault("callbacks", callbacks + built_in)
         if self._resume_version is not None and config.get("logger") in (None, True):
             kwargs.setdefault("logger", TensorBoardLogger(config.get("default_root_dir") or os.getcwd(),
                                                           version=self._resume_version))

@@ -44,13 +44,15 @@ class ExportedClassifier(nn.Module):
 
     def __init__(self, model: LightningModule, data_config: DataConfig):
         super().__init__()
-        self.backbone = model.backbone
+        # The model's own feature path (a subclass may add layers, e.g. a domain-adaptation
+        # bottleneck), as plain modules: tracing cannot walk a LightningModule.
+        self.features = model.feature_network()
         self.head = model.head
         self.register_buffer("mean", torch.tensor(data_config.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(data_config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.head(self.backbone((image - self.mean) / self.std)).softmax(dim=-1)
+        return self.head(self.features((image - self.mean) / self.std)).softmax(dim=-1)
 
 
 def unit_range_transform(cfg: DataConfig):

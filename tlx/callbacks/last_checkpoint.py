@@ -42,6 +42,7 @@ class LastCheckpoint(Callback):
         self.sigterm = False
         self.preempted_path: str | None = None
         self._previous_handler = None
+        self._saved_step: int | None = None  # the optimizer step last saved by every_n_train_steps
 
     # ---- where -------------------------------------------------------------------------------
     @staticmethod
@@ -81,8 +82,10 @@ class LastCheckpoint(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         if self._stop_if_preempted(trainer):
             return
-        n = self.every_n_train_steps
-        if n and trainer.global_step % n == 0:
+        # Once per optimizer step (several batches share one under gradient accumulation), never at 0.
+        step, n = trainer.global_step, self.every_n_train_steps
+        if n and step and step % n == 0 and step != self._saved_step:
+            self._saved_step = step
             self.save(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

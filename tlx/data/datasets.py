@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from tlx.data.folders import visible_files
 from tlx.data.images import is_image_file, load_rgb
 
 
@@ -48,8 +49,8 @@ class UnlabelledImages(Dataset):
 
 
 def image_files(folder: str | Path) -> list[str]:
-    """Every image below ``folder`` (recursively), sorted."""
-    return sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
+    """Every image below ``folder`` (recursively), sorted; hidden files skipped as in training."""
+    return [str(p) for p in visible_files(Path(folder)) if is_image_file(p)]
 
 
 class MixingCollate:

@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from tlx.data.datasets import LabelledImages
 from tlx.data.images import load_rgb
-from tlx.data.shared_build import all_ranks, build_shared, is_writer
+from tlx.data.shared_build import all_ranks, barrier, build_shared, is_writer
 
 log = logging.getLogger("tlx")
 
@@ -100,13 +100,17 @@ class DecodedImages:
             self.pixels[off : off + a.size] = a.reshape(-1)
         log.info("Decoded %d images once (%.0f MB, %.1f s).", len(arrays), self.pixels.nbytes / 2**20,
                  time.perf_counter() - start)
-        if files and is_writer():
-            files[0].parent.mkdir(parents=True, exist_ok=True)
-            for file, array in zip(files, (self.pixels, self.index)):
-                tmp = file.with_name(file.name + ".tmp.npy")
-                np.save(tmp, array)
-                os.replace(tmp, file)  # atomic: a killed run leaves no half-written cache
-            self.pixels = np.load(files[0], mmap_mode="r")  # workers then map the file
+        if files:
+            if is_writer():
+                files[0].parent.mkdir(parents=True, exist_ok=True)
+                for file, array in zip(files, (self.pixels, self.index)):
+                    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp.npy")  # per process: runs may share the dir
+                    np.save(tmp, array)
+                    os.replace(tmp, file)  # atomic: a killed run leaves no half-written cache
+            barrier()
+            # Workers (and, under DDP, all ranks of a node) then map one file instead of each holding a copy.
+            if all_ranks(files[0].is_file()):
+                self.pixels = np.load(files[0], mmap_mode="r")
 
     def __len__(self) -> int:
         return len(self.index)

@@ -28,7 +28,8 @@ class FolderScan:
     not_images: list[str] = field(default_factory=list)  # skipped by extension
 
 
-def _files(folder: Path) -> list[Path]:
+def visible_files(folder: Path) -> list[Path]:
+    """Files below ``folder``, sorted; hidden ones (``.DS_Store``, macOS ``._x.jpg``) skipped."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
@@ -53,7 +54,7 @@ def scan_class_folders(root: str | Path, what: str = "data") -> FolderScan:
     not_images: list[str] = []
     empty = []
     for label, name in enumerate(classes):
-        files = _files(root / name)
+        files = visible_files(root / name)
         images = [str(p) for p in files if is_image_file(p)]
         not_images += [str(p) for p in files if not is_image_file(p)]
         if not images:

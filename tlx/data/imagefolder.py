@@ -201,13 +201,16 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
     def _dataset(self, split: str, transform) -> LabelledImages:
         if not self.hparams.cache_images:
             return LabelledImages(self.samples(split), transform, self._min_short_side)
-        if split not in self._decoded:  # built here, in the main process, before workers fork
+        samples = self.samples(split)
+        # One cache per list of files: without a test folder, test is the val list (decoded once).
+        key = next((k for k, v in self._splits.items() if v is samples and k in self._decoded), split)
+        if key not in self._decoded:  # built here, in the main process, before workers fork
             cfg = self.data_config
-            self._decoded[split] = DecodedImages(
-                [p for p, _ in self.samples(split)], max(cfg.resize_size, cfg.input_size), cfg.interpolation,
+            self._decoded[key] = DecodedImages(
+                [p for p, _ in samples], max(cfg.resize_size, cfg.input_size), cfg.interpolation,
                 self._min_short_side, self.hparams.num_workers, self.hparams.image_cache_dir,
             )
-        return CachedLabelledImages(self.samples(split), transform, self._decoded[split])
+        return CachedLabelledImages(samples, transform, self._decoded[key])
 
     def _loader(self, dataset: Dataset, train: bool, evaluation: bool = False) -> DataLoader:
         hp = self.hparams

@@ -81,8 +81,9 @@ class SeededDraws(Dataset):
     def __getitem__(self, key: int) -> Any:
         draw, index = divmod(key, len(self.dataset))
         # fork_rng: the seed stays local, the caller's RNG (dropout in the main process) is untouched.
+        # (default_generator, not torch.manual_seed, which would also reseed every CUDA generator.)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(self.seed, draw))
+            torch.default_generator.manual_seed(_seed(self.seed, draw))
             return self.dataset[index]
 
     def __getattr__(self, name: str) -> Any:  # targets, samples, ... of the wrapped dataset

@@ -53,3 +53,8 @@ def all_ranks(flag: bool) -> bool:
 def is_writer() -> bool:
     """Global rank 0 writes a cache to disk; the others already hold it in memory."""
     return rank_and_world()[0] == 0
+
+
+def barrier() -> None:
+    if _distributed():
+        dist.barrier()

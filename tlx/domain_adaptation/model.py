@@ -91,6 +91,9 @@ class DomainAdaptationClassifier(ImageClassifier):
     def features(self, x: Tensor) -> Tensor:
         return self.bottleneck(super().features(x))
 
+    def feature_network(self) -> nn.Module:
+        return nn.Sequential(self.backbone, self.bottleneck)
+
     def _build_head(self) -> None:
         super()._build_head()
         self.objective.build(self.feature_dim, self.num_classes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import logging
 from typing import Any
@@ -11,11 +13,11 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from tlx.backbones import DataConfig, create_backbone
-from tlx.errors import DataError
+from tlx.errors import DataError, TLXError
 from tlx.finetuning.base import fit_scheduler_to_groups, optimizer_param_groups, scale_group_lrs
 from tlx.heads import HeadFactory, LinearHead
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
@@ -27,6 +29,20 @@ def _plain(value: Any) -> Any:
     """Hyperparameters must stay plain data (checkpoints load with weights_only=True)."""
     if inspect.isclass(value) or inspect.isfunction(value):
         return f"{value.__module__}.{value.__qualname__}"
+    return value
+
+
+def _from_plain(value: Any) -> Any:
+    """The inverse of :func:`_plain`, for hyperparameters read back from a checkpoint (a dotted
+    name, or a ``class_path``/``init_args`` dict when LightningCLI's instantiator is absent)."""
+    if isinstance(value, str):
+        module, _, name = value.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise TLXError(f"Cannot import {value!r} named in the model's hyperparameters: {e}") from e
+    if isinstance(value, dict) and "class_path" in value:
+        return functools.partial(_from_plain(value["class_path"]), **(value.get("init_args") or {}))
     return value
 
 
@@ -74,9 +90,9 @@ class ImageClassifier(LightningModule):
         self.backbone = create_backbone(backbone, weights=weights, weights_path=weights_path, **(backbone_kwargs or {}))
         self.data_config = DataConfig.from_dict(data_config) if data_config else self.backbone.data_config
         self.hparams["data_config"] = self.data_config.to_dict()
-        self.head_factory = head or LinearHead
-        self.optimizer_factory = optimizer or torch.optim.AdamW
-        self.scheduler_factory = lr_scheduler
+        self.head_factory = _from_plain(head) or LinearHead
+        self.optimizer_factory = _from_plain(optimizer) or torch.optim.AdamW
+        self.scheduler_factory = _from_plain(lr_scheduler)
         self.class_names = list(class_names) if class_names else None
         self.head: torch.nn.Module | None = None
         if self.class_names:
@@ -112,6 +128,12 @@ class ImageClassifier(LightningModule):
                 "a checkpoint only fits data with the same class folders."
             )
         self.hparams["class_names"] = self.class_names
+        # data.preprocessing overrides the backbone's: record what the data really feeds the model,
+        # so that the checkpoint (predict, export) preprocesses as training did.
+        data_config = getattr(datamodule, "data_config", None)
+        if isinstance(data_config, DataConfig) and data_config != self.data_config:
+            self.data_config = data_config
+            self.hparams["data_config"] = data_config.to_dict()
 
     def configure_model(self) -> None:
         if self.head is None and self.class_names:
@@ -127,6 +149,10 @@ class ImageClassifier(LightningModule):
         """Images to the features the head sees. 2-D input is pooled backbone features already
         (:class:`tlx.speed.FeatureCache`), so the backbone is skipped."""
         return x if x.ndim == 2 else self.backbone(x)
+
+    def feature_network(self) -> nn.Module:
+        """:meth:`features` on images as one plain module (export traces it)."""
+        return self.backbone
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

@@ -200,7 +200,7 @@ class FeatureCache(Callback):
             self.extract_seconds += time.perf_counter() - start
             if file is not None and is_writer():
                 file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = file.with_suffix(".tmp")
+                tmp = file.with_suffix(f".{os.getpid()}.tmp")  # per process: runs may share cache_dir
                 torch.save({"features": value[0], "labels": value[1]}, tmp)
                 os.replace(tmp, file)  # atomic: a killed run leaves no half-written cache
         self._memory[key] = value
@@ -224,7 +224,8 @@ class FeatureCache(Callback):
             train_samples, val_samples = dm.samples("train"), dm.samples("val")
             train_prep = dict(prep, views=self.augmented_views)
             if self.augmented_views:  # the random views depend on the training transform too
-                train_prep["augment"] = {k: hp.get(k) for k in ("crop_scale", "hflip", "auto_augment")}
+                # (and on cache_images: crops of the shrunk, cached image differ from the file's)
+                train_prep["augment"] = {k: hp.get(k) for k in ("crop_scale", "hflip", "auto_augment", "cache_images")}
 
             def train_features() -> tuple[Tensor, Tensor]:
                 views = [self._extract(trainer, pl_module, dm.eval_dataset("train"), workers)]
