@@ -59,7 +59,7 @@ def test_several_configs_compose(tiny_folder, tmp_path):
 
 
 def test_rerun_into_the_same_log_directory_does_not_fail(tiny_folder, tmp_path):
-    pinned = [f"--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+    pinned = ["--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
               f"--trainer.logger.save_dir={tmp_path / 'runs'}", "--trainer.logger.version=fixed"]
     for _ in range(2):
         run_cli([*tiny_fit_args(tiny_folder, tmp_path / "runs"), *pinned])

@@ -9,7 +9,7 @@ from tests.helpers import run_cli
 def tiny_fit_args(data_root, out_dir, epochs=1, extra=()):
     return [
         "fit",
-        f"--model.class_path=tlx.models.ImageClassifier",
+        "--model.class_path=tlx.models.ImageClassifier",
         f"--model.init_args.backbone={TINY_MODEL['backbone']}",
         "--model.init_args.weights=null",
         f"--model.init_args.data_config={json.dumps(TINY_MODEL['data_config'])}",

@@ -69,6 +69,8 @@ class FinetuneStrategy(BaseFinetuning):
             0 to its scheduled value over this many optimizer steps.
     """
 
+    backbone_lr_scale: float = 1.0  # the backbone group's LR / the head's (subclasses take it as an argument)
+
     def __init__(self, train_bn: bool = False, freeze_bn_stats: bool = False, warmup_steps: int = 0):
         super().__init__()
         self.train_bn = train_bn
@@ -90,7 +92,10 @@ class FinetuneStrategy(BaseFinetuning):
 
     def groups(self, pl_module: LightningModule) -> list[ParamGroup]:
         """Named optimizer groups, including frozen parameters that will be unfrozen later."""
-        return [ParamGroup("head", head_params(pl_module)), ParamGroup("backbone", list(pl_module.backbone.parameters()))]
+        return [
+            ParamGroup("head", head_params(pl_module)),
+            ParamGroup("backbone", list(pl_module.backbone.parameters()), self.backbone_lr_scale),
+        ]
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
         pass

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningModule
-
-from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
+from tlx.finetuning.base import FinetuneStrategy
 
 
 class FullFinetune(FinetuneStrategy):
@@ -19,9 +17,3 @@ class FullFinetune(FinetuneStrategy):
     def __init__(self, backbone_lr_scale: float = 0.1, freeze_bn_stats: bool = False):
         super().__init__(freeze_bn_stats=freeze_bn_stats)
         self.backbone_lr_scale = backbone_lr_scale
-
-    def groups(self, pl_module: LightningModule) -> list[ParamGroup]:
-        return [
-            ParamGroup("head", head_params(pl_module)),
-            ParamGroup("backbone", list(pl_module.backbone.parameters()), self.backbone_lr_scale),
-        ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 
-from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
+from tlx.finetuning.base import FinetuneStrategy
 from tlx.finetuning.groups import LayerGroup
 
 
@@ -40,12 +40,6 @@ class FreezeUnfreeze(FinetuneStrategy):
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
         self.freeze_group(self._backbone(pl_module))
-
-    def groups(self, pl_module: LightningModule) -> list[ParamGroup]:
-        return [
-            ParamGroup("head", head_params(pl_module)),
-            ParamGroup("backbone", list(pl_module.backbone.parameters()), self.backbone_lr_scale),
-        ]
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
         if epoch >= self.unfreeze_at_epoch:
