@@ -122,7 +122,8 @@ class DomainAdaptationClassifier(ImageClassifier):
         out = self.objective(DomainBatch(f[:ns], f[ns:], logits[:ns], logits[ns:], ys, self.progress))
         ce = F.cross_entropy(logits[:ns].float(), ys, reduction="none", label_smoothing=self.hparams.label_smoothing)
         w = out.source_weights
-        cls_loss = ce.mean() if w is None else (ce * w).sum() / w.sum()
+        # Objectives give weights of mean 1 (importance_weights), so the mean is the weighted mean.
+        cls_loss = ce.mean() if w is None else (ce * w).mean()
         loss = cls_loss + out.loss
         log = dict(on_step=True, on_epoch=True, batch_size=ns)
         self.log("train/loss", loss, prog_bar=True, **log)

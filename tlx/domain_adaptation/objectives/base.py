@@ -7,6 +7,7 @@ import inspect
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -25,7 +26,7 @@ class DomainBatch:
 @dataclass
 class ObjectiveOutput:
     """``loss`` is added to the source cross-entropy (already scaled by the trade-off);
-    ``source_weights`` (one per source sample), when given, weight that cross-entropy."""
+    ``source_weights`` (one per source sample, mean 1), when given, weight that cross-entropy."""
 
     loss: Tensor
     source_weights: Tensor | None = None
@@ -89,5 +90,14 @@ def discriminator(in_features: int, hidden: int = 1024) -> nn.Sequential:
     )
 
 
-def domain_labels(n_source: int, n_target: int, like: Tensor) -> Tensor:
-    return torch.cat([torch.ones(n_source, device=like.device), torch.zeros(n_target, device=like.device)])
+def domain_loss(
+    discriminator: nn.Module, h: Tensor, num_source: int, weight: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Binary cross-entropy of a domain discriminator on ``h`` (source rows first, label 1; target
+    rows label 0), its accuracy, and its float32 logits (DANN, CDAN, instance weighting)."""
+    logits = discriminator(h).squeeze(1).float()
+    labels = torch.zeros_like(logits)
+    labels[:num_source] = 1.0
+    loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weight)
+    accuracy = ((logits > 0).float() == labels).float().mean()
+    return loss, accuracy, logits

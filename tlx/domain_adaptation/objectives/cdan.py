@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tlx.domain_adaptation.objectives.base import (
@@ -14,7 +13,7 @@ from tlx.domain_adaptation.objectives.base import (
     ObjectiveOutput,
     certainty_weights,
     discriminator,
-    domain_labels,
+    domain_loss,
 )
 from tlx.domain_adaptation.objectives.grl import reverse_gradient, warm_start
 
@@ -22,6 +21,14 @@ from tlx.domain_adaptation.objectives.grl import reverse_gradient, warm_start
 def multilinear_map(f: Tensor, g: Tensor) -> Tensor:
     """Flattened outer product ``f (x) g``: (B, F) and (B, C) to (B, F*C)."""
     return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
+
+
+class MultilinearMap(nn.Module):
+    """:func:`multilinear_map` as a module, so that ``CDAN.map`` is always callable. It holds no
+    parameters or buffers: checkpoints (state_dict keys) are as they were without it."""
+
+    def forward(self, f: Tensor, g: Tensor) -> Tensor:
+        return multilinear_map(f, g)
 
 
 class RandomizedMultilinearMap(nn.Module):
@@ -71,7 +78,7 @@ class CDAN(Objective):
         self.max_map_dim = max_map_dim
         self.gamma = gamma
         self.hidden = hidden
-        self.map: nn.Module | None = None
+        self.map: nn.Module = MultilinearMap()
         self.discriminator: nn.Module | None = None
 
     def build(self, num_features: int, num_classes: int) -> None:
@@ -82,7 +89,7 @@ class CDAN(Objective):
             self.map = RandomizedMultilinearMap(num_features, num_classes, self.randomized_dim)
             width = self.randomized_dim
         else:
-            self.map = None
+            self.map = MultilinearMap()
             width = num_features * num_classes
         self.discriminator = discriminator(width, self.hidden)
 
@@ -90,10 +97,7 @@ class CDAN(Objective):
         f = torch.cat([batch.source_features, batch.target_features])
         # Predictions condition the discriminator but are not trained through it.
         g = torch.cat([batch.source_logits, batch.target_logits]).float().softmax(dim=1).detach()
-        h = self.map(f, g.to(f.dtype)) if self.map is not None else multilinear_map(f, g.to(f.dtype))
-        logits = self.discriminator(reverse_gradient(h, warm_start(batch.progress, self.gamma))).squeeze(1).float()
-        labels = domain_labels(len(batch.source_features), len(batch.target_features), logits)
+        h = reverse_gradient(self.map(f, g.to(f.dtype)), warm_start(batch.progress, self.gamma))
         weight = certainty_weights(g) if self.entropy_conditioning else None
-        loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weight)
-        acc = ((logits > 0).float() == labels).float().mean()
+        loss, acc, _ = domain_loss(self.discriminator, h, len(batch.source_features), weight)
         return ObjectiveOutput(self.trade_off * loss, logs={"domain_loss": loss.detach(), "domain_acc": acc})

@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from tlx.domain_adaptation.objectives.base import (
-    DomainBatch,
-    Objective,
-    ObjectiveOutput,
-    discriminator,
-    domain_labels,
-)
+from tlx.domain_adaptation.objectives.base import DomainBatch, Objective, ObjectiveOutput, discriminator, domain_loss
 from tlx.domain_adaptation.objectives.grl import reverse_gradient, warm_start
 
 
@@ -38,9 +31,6 @@ class DANN(Objective):
     def forward(self, batch: DomainBatch) -> ObjectiveOutput:
         coeff = warm_start(batch.progress, self.gamma)
         f = torch.cat([batch.source_features, batch.target_features])
-        logits = self.discriminator(reverse_gradient(f, coeff)).squeeze(1).float()
-        labels = domain_labels(len(batch.source_features), len(batch.target_features), logits)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
-        acc = ((logits > 0).float() == labels).float().mean()
+        loss, acc, _ = domain_loss(self.discriminator, reverse_gradient(f, coeff), len(batch.source_features))
         logs = {"domain_loss": loss.detach(), "domain_acc": acc, "grl_coeff": coeff}
         return ObjectiveOutput(self.trade_off * loss, logs=logs)

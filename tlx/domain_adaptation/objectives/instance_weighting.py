@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tlx.domain_adaptation.objectives.base import DomainBatch, Objective, ObjectiveOutput, domain_labels
+from tlx.domain_adaptation.objectives.base import DomainBatch, Objective, ObjectiveOutput, domain_loss
 
 
 def importance_weights(source_logits: Tensor, max_weight: float) -> Tensor:
@@ -40,10 +39,8 @@ class InstanceWeighting(Objective):
 
     def forward(self, batch: DomainBatch) -> ObjectiveOutput:
         f = torch.cat([batch.source_features, batch.target_features]).detach()
-        logits = self.domain_classifier(f).squeeze(1).float()
-        labels = domain_labels(len(batch.source_features), len(batch.target_features), logits)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
-        weights = importance_weights(logits[: len(batch.source_features)].detach(), self.max_weight)
-        acc = ((logits > 0).float() == labels).float().mean()
+        ns = len(batch.source_features)
+        loss, acc, logits = domain_loss(self.domain_classifier, f, ns)
+        weights = importance_weights(logits[:ns].detach(), self.max_weight)
         logs = {"domain_loss": loss.detach(), "domain_acc": acc, "weight_max": weights.max()}
         return ObjectiveOutput(self.trade_off * loss, source_weights=weights, logs=logs)
