@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tlx.backbones.base import DataConfig
 from tlx.data.datasets import LabelledImages, UnlabelledImages, image_files
-from tlx.data.folders import Sample, check_same_classes, drop_unreadable, scan_class_folders, stratified_split
+from tlx.data.folders import Sample, check_same_classes, class_folders, drop_unreadable, scan_class_folders, stratified_split
 from tlx.data.sampling import eval_sampler
 from tlx.data.transforms import AutoAugment, eval_transform, train_transform
 from tlx.errors import DataError
@@ -65,8 +65,8 @@ class DomainAdaptationDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.data_config = DataConfig.from_dict(preprocessing) if preprocessing else None
-        self._source: list[Sample] | None = None
         self._target: list[Sample] | None = None  # labels -1 when the target has none
+        self._splits: dict[str, list[Sample]] | None = None  # source, target, val, test; set by _scan
         self._classes: list[str] | None = None
         self.target_labelled: bool | None = None
         self.predict_paths: list[str] = []
@@ -82,11 +82,12 @@ class DomainAdaptationDataModule(LightningDataModule):
     def class_names(self) -> list[str] | None:
         """The source's class folders, sorted (label i is ``class_names[i]``)."""
         if self._classes is None and self.hparams.source_root:
-            self._classes = scan_class_folders(self._root("source_root"), "source").classes
+            # Folder names only: no recursive listing of every file (and no repeat of its warnings).
+            self._classes = class_folders(self._root("source_root"), "source")
         return self._classes
 
     def _scan(self) -> None:
-        if self._source is not None:
+        if self._splits is not None:
             return
         source = scan_class_folders(self._root("source_root"), "source")
         self._classes = source.classes
@@ -104,8 +105,13 @@ class DomainAdaptationDataModule(LightningDataModule):
             self.target_labelled, target_samples = False, [(p, -1) for p in paths]
             log.warning("Target %s has no class folders: validating on %.0f%% of the source instead "
                         "(target accuracy cannot be measured).", target_root, 100 * self.hparams.val_split)
-        self._source = self._verified(source.samples, "source")
+        source_samples = self._verified(source.samples, "source")
         self._target = self._verified(target_samples, "target")
+        if self.target_labelled:
+            train, val = source_samples, self._target
+        else:  # split once: the same held-out source images on every call
+            train, val = stratified_split(source_samples, self.hparams.val_split, self.hparams.split_seed)
+        self._splits = {"source": train, "target": self._target, "val": val, "test": val}
 
     def _verified(self, samples: list[Sample], what: str) -> list[Sample]:
         if self.hparams.verify_images:
@@ -117,10 +123,7 @@ class DomainAdaptationDataModule(LightningDataModule):
     def samples(self, split: str) -> list[Sample]:
         """``source`` (training), ``target`` (training, labels -1 if unknown), ``val``/``test``."""
         self._scan()
-        if self.target_labelled:
-            return {"source": self._source, "target": self._target, "val": self._target, "test": self._target}[split]
-        train, held_out = stratified_split(self._source, self.hparams.val_split, self.hparams.split_seed)
-        return {"source": train, "target": self._target, "val": held_out, "test": held_out}[split]
+        return self._splits[split]
 
     # ---- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
