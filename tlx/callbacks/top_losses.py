@@ -40,14 +40,16 @@ class TopLosses(ValidationImages):
     def collect(self, images: Tensor, targets: Tensor, logits: Tensor) -> None:
         if targets.ndim != 1:
             return
-        losses = F.cross_entropy(logits, targets, reduction="none").cpu()
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        # This batch's top k on its device first: only k images ever travel to the CPU.
+        top = losses.topk(min(self.k, len(losses))).indices
+        losses, images, targets = losses[top].cpu(), images[top].cpu(), targets[top].cpu()
+        probs = logits[top].float().softmax(dim=-1).cpu()
         if len(self._losses):
             losses = torch.cat([self._losses, losses])
-            images = torch.cat([self._images, images.cpu()])
-            targets = torch.cat([self._targets, targets.cpu()])
-            probs = torch.cat([self._probs, logits.softmax(dim=-1).cpu()])
-        else:
-            images, targets, probs = images.cpu(), targets.cpu(), logits.softmax(dim=-1).cpu()
+            images = torch.cat([self._images, images])
+            targets = torch.cat([self._targets, targets])
+            probs = torch.cat([self._probs, probs])
         keep = losses.topk(min(self.k, len(losses))).indices
         self._losses, self._images, self._targets, self._probs = losses[keep], images[keep], targets[keep], probs[keep]
 
