@@ -5,11 +5,11 @@ from __future__ import annotations
 from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 
-from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
-from tlx.finetuning.groups import FinetuningError, LayerGroup, layer_groups
+from tlx.finetuning.groups import FinetuningError
+from tlx.finetuning.layer_lr import LayerwiseStrategy
 
 
-class GradualUnfreeze(FinetuneStrategy):
+class GradualUnfreeze(LayerwiseStrategy):
     """Epoch ``e`` trains the head and the top ``e // unfreeze_every`` layer groups.
 
     Groups come from :func:`tlx.finetuning.groups.layer_groups` (timm's ``group_matcher``, or the
@@ -37,26 +37,21 @@ class GradualUnfreeze(FinetuneStrategy):
         train_bn: bool = False,
         freeze_bn_stats: bool = False,
     ):
-        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats, warmup_steps=warmup_steps)
+        super().__init__(num_groups, fine, train_bn=train_bn, freeze_bn_stats=freeze_bn_stats,
+                         warmup_steps=warmup_steps)
         if unfreeze_every < 1:
             raise FinetuningError(f"GradualUnfreeze: unfreeze_every must be at least 1, got {unfreeze_every}.")
         self.unfreeze_every = unfreeze_every
-        self.num_groups = num_groups
-        self.fine = fine
         self.backbone_lr_scale = backbone_lr_scale
         self.layer_decay = layer_decay
-        self._layer_groups: list[LayerGroup] = []
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
-        self._layer_groups = layer_groups(pl_module.backbone, self.num_groups, self.fine)
+        super().freeze_before_training(pl_module)  # the layer groups
         for group in self._layer_groups:
             self.freeze_group(group)
 
-    def groups(self, pl_module: LightningModule) -> list[ParamGroup]:
-        out = [ParamGroup("head", head_params(pl_module))]
-        for depth, group in enumerate(reversed(self._layer_groups)):  # top group first
-            out.append(ParamGroup(group.name, group.params, self.backbone_lr_scale * self.layer_decay**depth))
-        return out
+    def scale(self, depth: int, n: int) -> float:
+        return self.backbone_lr_scale * self.layer_decay ** (depth - 1)  # the top group: backbone_lr_scale
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
         # The state as of `epoch` (a resumed run calls this once): the top k groups, k capped at

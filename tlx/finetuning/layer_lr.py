@@ -13,9 +13,12 @@ from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
 from tlx.finetuning.groups import FinetuningError, LayerGroup, layer_groups
 
 
-class _LayerwiseLR(FinetuneStrategy):
-    def __init__(self, num_groups: int | None, fine: bool, freeze_bn_stats: bool):
-        super().__init__(freeze_bn_stats=freeze_bn_stats)
+class LayerwiseStrategy(FinetuneStrategy):
+    """One optimizer group per backbone layer group (:func:`~tlx.finetuning.groups.layer_groups`),
+    top group first, each with the LR scale :meth:`scale` gives its depth below the head."""
+
+    def __init__(self, num_groups: int | None, fine: bool, **strategy_kwargs):
+        super().__init__(**strategy_kwargs)
         self.num_groups = num_groups
         self.fine = fine
         self._layer_groups: list[LayerGroup] = []
@@ -35,7 +38,7 @@ class _LayerwiseLR(FinetuneStrategy):
         return out
 
 
-class LayerDecay(_LayerwiseLR):
+class LayerDecay(LayerwiseStrategy):
     """timm's layer-wise LR decay: the group ``d`` steps below the head gets ``decay ** d``.
 
     Args:
@@ -46,7 +49,7 @@ class LayerDecay(_LayerwiseLR):
     """
 
     def __init__(self, decay: float = 0.75, num_groups: int | None = None, fine: bool = True, freeze_bn_stats: bool = False):
-        super().__init__(num_groups, fine, freeze_bn_stats)
+        super().__init__(num_groups, fine, freeze_bn_stats=freeze_bn_stats)
         if not 0.0 < decay <= 1.0:
             raise FinetuningError(f"LayerDecay: decay must be in (0, 1], got {decay}.")
         self.decay = decay
@@ -55,7 +58,7 @@ class LayerDecay(_LayerwiseLR):
         return self.decay**depth
 
 
-class DiscriminativeLR(_LayerwiseLR):
+class DiscriminativeLR(LayerwiseStrategy):
     """fastai's discriminative LRs (``slice(lo, hi)``): geometric from ``lo`` x the head's LR at
     the bottom backbone group up to the head's LR.
 
@@ -67,7 +70,7 @@ class DiscriminativeLR(_LayerwiseLR):
     """
 
     def __init__(self, lo: float = 0.01, num_groups: int | None = None, fine: bool = False, freeze_bn_stats: bool = False):
-        super().__init__(num_groups, fine, freeze_bn_stats)
+        super().__init__(num_groups, fine, freeze_bn_stats=freeze_bn_stats)
         if not 0.0 < lo <= 1.0:
             raise FinetuningError(f"DiscriminativeLR: lo must be in (0, 1], got {lo}.")
         self.lo = lo
