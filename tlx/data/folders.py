@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tlx.data.images import check_image, is_image_file
+from tlx.data.shared_build import build_shared
 from tlx.errors import DataError
 
 log = logging.getLogger("tlx")
@@ -86,7 +87,9 @@ def check_same_classes(reference: FolderScan, other: FolderScan, what: str) -> N
 
 def drop_unreadable(samples: Sequence[Sample], what: str) -> list[Sample]:
     """Decode every file once, before training; skip (and name) those that fail."""
-    bad = [(path, why) for path, _ in samples if (why := check_image(path)) is not None]
+    # Under DDP each rank checks its share of the files (tlx/data/shared_build.py).
+    reasons = build_shared(list(samples), lambda some: [check_image(path) for path, _ in some])
+    bad = [(path, why) for (path, _), why in zip(samples, reasons) if why is not None]
     if bad:
         shown = "; ".join(f"{p} ({why})" for p, why in bad[:5])
         log.warning("%s: skipped %d unreadable image(s): %s", what, len(bad), shown)
