@@ -129,10 +129,18 @@ def main() -> None:
     proc = start(fit_args(data, base_out, opts.workers))
     while not (ckpt_dir(base_out) / "last.ckpt").exists() and proc.poll() is None:
         time.sleep(0.01)
-    t_first = time.monotonic() - t0
+    # The training window: from the first last.ckpt to its final rewrite (not process teardown),
+    # so that random kills land during training.
+    first_seen, last_write = time.time(), 0.0
+    while proc.poll() is None:
+        try:
+            last_write = max(last_write, os.stat(ckpt_dir(base_out) / "last.ckpt").st_mtime)
+        except FileNotFoundError:  # between the temp file's rename and the next write
+            pass
+        time.sleep(0.01)
     _, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]
-    train_time = time.monotonic() - t0 - t_first
+    train_time = max(last_write - first_seen, 0.1)
     reference = final_state(base_out, data, opts.workers)
     print(f"uninterrupted: {reference['step']} steps, val/acc {reference['val_acc']:.4f}, "
           f"val/loss {reference['val_loss']:.8f}, weights {reference['sha']} (training ~{train_time:.1f}s)")
