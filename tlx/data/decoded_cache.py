@@ -6,8 +6,9 @@ evaluation resize (at least the crop size), and keeps the pixels in one contiguo
 built in the main process before DataLoader workers fork, so the workers share it instead of
 copying it, or, with ``cache_dir``, a ``.npy`` file memory-mapped by every worker and reused by
 later runs (keyed by the file list and the size). Under DDP the ranks decode a share each and
-exchange them (:mod:`tlx.data.shared_build`): the cache is built once, not once per rank. Random crops and flips still apply every epoch;
-the evaluation view is pixel-identical to decoding the file (its resize becomes a no-op).
+exchange them (:mod:`tlx.data.shared_build`): the cache is built once, not once per rank. Random
+crops and flips still apply every epoch; the evaluation view is pixel-identical to decoding the
+file (its resize becomes a no-op).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from tlx.data.datasets import LabelledImages
+from tlx.data.folders import files_digest
 from tlx.data.images import load_rgb
 from tlx.data.shared_build import all_ranks, barrier, build_shared, is_writer
 
@@ -53,11 +55,8 @@ def _identity(x):
 
 
 def _key(paths: Sequence[str], short_side: int, interpolation: str, decode_side: int | None) -> str:
-    h = hashlib.sha256(json.dumps([short_side, interpolation, decode_side]).encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:32]
+    blob = json.dumps([short_side, interpolation, decode_side, files_digest([(p, None) for p in paths])])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 class DecodedImages:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +98,16 @@ def drop_unreadable(samples: Sequence[Sample], what: str) -> list[Sample]:
         bad_paths = {p for p, _ in bad}
         samples = [s for s in samples if s[0] not in bad_paths]
     return list(samples)
+
+
+def files_digest(samples: Sequence[tuple[str, Any]]) -> str:
+    """sha256 of a file list: path, label, size and modification time of each file (a cache key:
+    a changed, added or moved file changes it)."""
+    h = hashlib.sha256()
+    for path, label in samples:
+        st = os.stat(path)
+        h.update(f"{os.path.abspath(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

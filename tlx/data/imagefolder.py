@@ -203,7 +203,7 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
             return LabelledImages(self.samples(split), transform, self._min_short_side)
         samples = self.samples(split)
         # One cache per list of files: without a test folder, test is the val list (decoded once).
-        key = next((k for k, v in self._splits.items() if v is samples and k in self._decoded), split)
+        key = "val" if split == "test" and samples is self._splits.get("val") else split
         if key not in self._decoded:  # built here, in the main process, before workers fork
             cfg = self.data_config
             self._decoded[key] = DecodedImages(
@@ -215,19 +215,19 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
     def _loader(self, dataset: Dataset, train: bool, evaluation: bool = False) -> DataLoader:
         hp = self.hparams
         workers = hp.num_workers
-        collate, weights, resume = None, None, {"dataset": dataset}
+        collate, weights, source = None, None, {"dataset": dataset}
         if train and hp.balanced_sampling:
             counts = torch.bincount(torch.tensor(dataset.targets), minlength=len(self.class_names))
             weights = (1.0 / counts.clamp(min=1).double())[dataset.targets]
         if train and (mix := batch_mixing(len(self.class_names), hp.mixup_alpha, hp.cutmix_alpha)):
             collate = MixingCollate(mix)
         if evaluation:  # under DDP: unpadded shards, so that metrics count every image once
-            resume["sampler"] = eval_sampler(dataset, self.trainer)
+            source["sampler"] = eval_sampler(dataset, self.trainer)
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
         if train:  # seeded order and augmentations that a checkpoint can resume mid-epoch (resumable.py)
-            resume = self.resumable(dataset, batch_size, weights)
+            source = self.resumable(dataset, batch_size, weights)
         return DataLoader(
-            **resume,
+            **source,  # dataset and sampler
             batch_size=batch_size,
             # A last batch of one image breaks BatchNorm in training; drop the remainder instead.
             drop_last=train and len(dataset) > batch_size,

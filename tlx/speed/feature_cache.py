@@ -32,6 +32,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
+from tlx.data.folders import files_digest
 from tlx.data.sampling import eval_sampler
 from tlx.data.shared_build import all_ranks, build_shared, is_writer, rank_and_world
 from tlx.errors import TLXError
@@ -48,15 +49,6 @@ def weights_digest(module: torch.nn.Module) -> str:
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def files_digest(samples: list[tuple[str, int]]) -> str:
-    """sha256 of the file list: path, label, size and modification time of each file."""
-    h = hashlib.sha256()
-    for path, label in samples:
-        st = os.stat(path)
-        h.update(f"{os.path.abspath(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
