@@ -127,13 +127,24 @@ def export_checkpoint(
     num_verify: int = 8,
     tolerance: float = 1e-4,
     datamodule: LightningDataModule | None = None,
+    quantize: str | None = None,
+    calibration_images: int = 300,
+    calibration_seed: int = 0,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Write ``<stem>.torchscript.pt`` / ``<stem>.onnx`` and ``<stem>.json`` (class names,
-    preprocessing, verification); return that JSON's content."""
+    preprocessing, verification); return that JSON's content. ``quantize`` (``int8``, ``dynamic``,
+    ``fp16``, comma-separated) adds ``<stem>.<mode>.onnx`` files and every precision's figures
+    (see :mod:`tlx.quantization`)."""
     wanted = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown or not wanted:
         raise ExportError(f"unknown export format {unknown or formats!r}; choose from {', '.join(FORMATS)}.")
+    if quantize:
+        from tlx.quantization.pipeline import parse_modes
+
+        modes = parse_modes(quantize)
+        wanted += [] if "onnx" in wanted else ["onnx"]  # the quantized files are made from the fp32 ONNX
     _load_weights(model, ckpt_path)
     model = model.cpu().eval()
     ckpt = Path(ckpt_path)
@@ -143,8 +154,8 @@ def export_checkpoint(
 
     cfg: DataConfig = model.data_config
     wrapper = ExportedClassifier(model, cfg).eval()
-    if not verify_images and getattr(datamodule, "root", None) is None:
-        datamodule = _datamodule_from_checkpoint(ckpt_path)  # verify on the training run's own val images
+    if (quantize or not verify_images) and getattr(datamodule, "root", None) is None:
+        datamodule = _datamodule_from_checkpoint(ckpt_path)  # the training run's own images
     paths = _verification_paths(verify_images, datamodule, num_verify)
     to_unit = unit_range_transform(cfg)
     if paths:
@@ -212,5 +223,15 @@ def export_checkpoint(
     if bad:
         raise ExportError(f"exported outputs differ from the checkpoint's by {bad} (> tolerance {tolerance}); "
                           f"see {sidecar}")
-    print(f"Exported {', '.join(outputs)} with class names and preprocessing in {sidecar}")
+    if quantize:
+        from tlx.quantization.pipeline import export_quantized
+
+        quantized = export_quantized(wrapper, model, Path(info["files"]["onnx"]), modes, datamodule, paths, to_unit,
+                                     len(info["class_names"]), calibration_images, calibration_seed, threads)
+        info["files"].update(quantized.pop("files"))
+        info.update(quantized)
+        with open(sidecar, "w") as f:
+            json.dump(info, f, indent=2)
+    print(f"Exported {', '.join([*outputs, *(modes if quantize else [])])} with class names and preprocessing in "
+          f"{sidecar}")
     return info
