@@ -28,6 +28,7 @@ from tlx.data.file_list import read_file_list
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError, TLXError
+from tlx.onnx_static_shapes import fold_static_shapes
 
 log = logging.getLogger("tlx")
 
@@ -196,6 +197,7 @@ def export_checkpoint(
             torch.onnx.export(wrapper, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=17,
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        fold_static_shapes(path)  # "same"-padding arithmetic is constant at the fixed image size
         proto = onnx.load(str(path))
         for key, value in (("tlx", meta_json), ("class_names", json.dumps(info["class_names"])),
                            ("preprocessing", json.dumps(info["preprocessing"]))):

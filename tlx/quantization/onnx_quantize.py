@@ -105,8 +105,9 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, mode: str, calib
                 quantize_static(str(prepared), str(out_path), calibration_reader, quant_format=QuantFormat.QDQ,
                                 per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, nodes_to_quantize=names,
-                                calibrate_method=CalibrationMethod.MinMax,
-                                extra_options={"CalibMaxIntermediateOutputs": 4})
+                                calibrate_method=CalibrationMethod.MinMax)
+                # (no CalibMaxIntermediateOutputs: MinMax keeps only per-batch min/max anyway, and in
+                # onnxruntime 1.32 that option discards each full chunk's ranges instead of merging them)
                 info.update(format="QDQ", weights="int8 per-channel symmetric", activations="uint8 per-tensor",
                             calibration_method="MinMax")
             else:
