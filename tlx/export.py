@@ -147,6 +147,10 @@ def export_checkpoint(
         modes = parse_modes(quantize)
         wanted += [] if "onnx" in wanted else ["onnx"]  # the quantized files are made from the fp32 ONNX
     _load_weights(model, ckpt_path)
+    if quantize and "int8" in modes:  # refuse before the work
+        from tlx.quantization.calibration import check_calibration_size
+
+        check_calibration_size(calibration_images, len(model.class_names))
     model = model.cpu().eval()
     ckpt = Path(ckpt_path)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent

@@ -19,12 +19,16 @@ from tlx.data.images import load_rgb
 from tlx.errors import TLXError
 
 
-def balanced_calibration_set(samples: Sequence[Sample], n: int, num_classes: int, seed: int = 0) -> list[Sample]:
-    """``n`` samples, round-robin over the classes (each class's images in a seeded order), so
-    every class gets ``n // num_classes`` images or all it has."""
+def check_calibration_size(n: int, num_classes: int) -> None:
     if n < num_classes:
         raise TLXError(f"--calibration_images {n} is smaller than the number of classes ({num_classes}): "
                        f"int8 calibration takes at least one image per class; give --calibration_images >= {num_classes}.")
+
+
+def balanced_calibration_set(samples: Sequence[Sample], n: int, num_classes: int, seed: int = 0) -> list[Sample]:
+    """``n`` samples, round-robin over the classes (each class's images in a seeded order), so
+    every class gets ``n // num_classes`` images or all it has."""
+    check_calibration_size(n, num_classes)
     by_class: dict[int, list[Sample]] = {}
     for sample in sorted(samples):
         by_class.setdefault(sample[1], []).append(sample)
