@@ -165,3 +165,54 @@ def test_static_same_padding_folds_into_the_convolutions(tmp_path):
         x = torch.rand(batch, 3, 15, 15)
         with torch.no_grad():
             assert np.abs(session.run(None, {"x": x.numpy()})[0] - model(x).numpy()).max() < 1e-5
+
+
+def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_exports(tmp_path):
+    from lightning.pytorch import Callback
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.nn.utils import parametrize
+
+    from tests.conftest import TINY_MODEL
+    from tests.helpers import tiny_trainer
+    from tlx.data import ImageFolderDataModule
+    from tlx.quantization import QuantizationAwareTraining
+
+    root = make_imagefolder(tmp_path / "data", classes=CLASSES, n_train=6, n_val=3)
+    seen, weights = [], {}
+
+    def first_conv(module):
+        return next(m for m in module.backbone.modules() if isinstance(m, nn.Conv2d))
+
+    class Probe(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            weights[trainer.current_epoch] = first_conv(pl_module).weight.detach().clone()
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            conv = first_conv(pl_module)
+            w = conv.weight.detach()
+            steps = w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127)  # on the int8 grid: whole numbers
+            seen.append((trainer.current_epoch, parametrize.is_parametrized(conv),
+                         bool(torch.allclose(steps, steps.round(), atol=1e-3)), len(conv._forward_pre_hooks)))
+
+    model = ImageClassifier(**TINY_MODEL)
+    data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, preprocessing=TINY_MODEL["data_config"])
+    trainer = tiny_trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[
+        QuantizationAwareTraining(last_epochs=1), Probe(),
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor=None)])
+    trainer.fit(model, data)
+
+    # float in epoch 0; int8 weights and a hooked input in epoch 1, where the weights still move
+    assert {s for s in seen if s[0] == 0} == {(0, False, False, 0)}
+    assert {s for s in seen if s[0] == 1} == {(1, True, True, 1)}
+    assert not torch.equal(weights[1], first_conv(model).weight)
+    # after fit: a plain model again, and so is the checkpoint (it loads strictly into a fresh one)
+    assert not parametrize.is_parametrized(first_conv(model)) and not first_conv(model)._forward_pre_hooks
+    ckpt = tmp_path / "ckpt" / "best.ckpt"
+    fresh = ImageClassifier.load_from_checkpoint(ckpt, weights=None)
+    assert torch.equal(first_conv(fresh).weight, first_conv(model).weight)
+
+    out = tmp_path / "export"
+    run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={out}", "--format=onnx", "--quantize=int8",
+             "--calibration_images=3"])
+    meta = json.loads((out / "best.json").read_text())
+    assert set(meta["precisions"]) == {"fp32", "int8"} and meta["precisions"]["int8"]["top1_agreement"] >= 0.5

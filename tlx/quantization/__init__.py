@@ -3,5 +3,6 @@
 
 from tlx.quantization.calibration import ImageCalibrationReader, balanced_calibration_set
 from tlx.quantization.onnx_quantize import MODES, QuantizationError, quantize_model
+from tlx.quantization.qat import QuantizationAwareTraining
 
-__all__ = ["MODES", "ImageCalibrationReader", "QuantizationError", "balanced_calibration_set", "quantize_model"]
+__all__ = ["MODES", "ImageCalibrationReader", "QuantizationAwareTraining", "QuantizationError", "balanced_calibration_set", "quantize_model"]
