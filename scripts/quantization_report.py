@@ -77,8 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train_batches", type=int, default=8, help="at most this many batches per epoch")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train_batches", type=int, default=4, help="at most this many batches per epoch")
     parser.add_argument("--calibration_images", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     parser.add_argument("--out", default=str(REPO / "runs" / "quantization_report"),
