@@ -47,7 +47,9 @@ class ImageDataModule(LightningDataModule):
         preprocessing: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # Not in hparams: Lightning refuses model and data hparams of one name that differ, and the
+        # model's hparams record the preprocessing in force (the checkpoint's single source).
+        self.save_hyperparameters(ignore=["preprocessing"])
         # None until setup adopts the model's, unless data.preprocessing overrides it.
         self.preprocessing: Preprocessing | None = as_preprocessing(preprocessing, "data.preprocessing")
 
