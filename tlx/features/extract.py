@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def features_cache_key(network: nn.Module, data: Any, views: int, precision: str
 
 def extract_features(
     network: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset | Callable[[], Dataset],
     *,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -88,6 +88,8 @@ def extract_features(
         network: any module from images to feature vectors (a backbone, a truncated backbone); run
             in eval mode without gradients on the device its parameters are on (its mode is restored).
         dataset: ``(image, label)`` items; with random augmentation, each view is a fresh draw.
+            Or a function returning the dataset, called only when the features are not on disk
+            (building some datasets costs time: a decoded-image cache); give ``cache_key`` then.
         batch_size, num_workers: of the extraction loader.
         precision: ``auto`` (bf16 where the hardware has it natively, else fp32), or a Lightning
             precision (``bf16-mixed``, ``32-true``, ...). Features come back as float32.
@@ -110,6 +112,8 @@ def extract_features(
     stats.update(status="computed", key=None, seconds=0.0, extracted=0)
     file = None
     if cache_dir is not None:
+        if cache_key is None and callable(dataset) and not isinstance(dataset, Dataset):
+            dataset = dataset()
         data = cache_key if cache_key is not None else dataset_key(dataset)
         stats["key"] = features_cache_key(network, data, views, precision)
         file = Path(cache_dir) / f"features-{stats['key']}.pt"
@@ -117,6 +121,9 @@ def extract_features(
             blob = torch.load(file, weights_only=True)
             stats["status"] = "disk"
             return blob["features"], blob["labels"]
+
+    if callable(dataset) and not isinstance(dataset, Dataset):
+        dataset = dataset()
 
     def run(indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
         loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)

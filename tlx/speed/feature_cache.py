@@ -27,9 +27,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from tlx.data.folders import files_digest
 from tlx.errors import TLXError
 from tlx.features import extract_features, feature_loader, features_cache_key
-from tlx.features.extract import dataset_key
 
 log = logging.getLogger("tlx")
 
@@ -91,7 +91,7 @@ class FeatureCache(Callback):
                 "tlx.finetuning.FreezeBackbone (train_bn: false), or drop FeatureCache to fine-tune."
             )
         dm = trainer.datamodule
-        needs = ("eval_dataset", "train_dataset", "serve_features", "serve_images")
+        needs = ("samples", "eval_dataset", "train_dataset", "serve_features", "serve_images")
         if dm is None or not all(hasattr(dm, a) for a in needs):
             raise TLXError("FeatureCache needs an ImageFolderDataModule (eval_dataset(), train_dataset(), serve_features()).")
         if not hasattr(pl_module, "take_features"):
@@ -105,17 +105,23 @@ class FeatureCache(Callback):
         common = {"batch_size": self.extract_batch_size, "num_workers": int(hp.get("num_workers", 0)),
                   "precision": str(trainer.precision), "cache_dir": self.cache_dir}
         backbone = pl_module.backbone
-        parts = [(dm.eval_dataset(split), 1)]
+        # What decides the images' pixels, known without building a dataset (with cache_images that
+        # decodes every image), so that features on disk need no image at all.
+        data = {"preprocessing": dm.preprocessing.to_dict(), "fast_decode": hp.get("fast_decode"),
+                "files": files_digest(dm.samples(split)), "view": "eval"}
+        parts = [(lambda: dm.eval_dataset(split), 1, data)]
         if split == "train" and self.augmented_views:
-            parts.append((dm.train_dataset(), self.augmented_views))
-        memory_key = tuple(features_cache_key(backbone, dataset_key(d), v, common["precision"]) for d, v in parts)
+            # random views depend on the augmentation, and on cache_images (crops of the shrunk image)
+            augment = {k: hp.get(k) for k in ("crop_scale", "hflip", "auto_augment", "cache_images")}
+            parts.append((dm.train_dataset, self.augmented_views, dict(data, view="train", augment=augment)))
+        memory_key = tuple(features_cache_key(backbone, key, v, common["precision"]) for _, v, key in parts)
         if memory_key in self._memory:
             self.last_status[split] = "memory"
             return self._memory[memory_key]
         features, statuses, labels = [], [], None
-        for dataset, views in parts:
+        for dataset, views, key in parts:
             stats: dict[str, Any] = {}
-            f, y = extract_features(backbone, dataset, views=views, stats=stats, **common)
+            f, y = extract_features(backbone, dataset, views=views, cache_key=key, stats=stats, **common)
             features.append(f if f.ndim == 3 else f[:, None])
             labels = y if labels is None else labels
             statuses.append(stats["status"])
