@@ -50,11 +50,10 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], option: str = "preprocessing") -> Preprocessing:
+        """From its plain form; other keys (an export's ``steps``, say) are ignored."""
         missing = [k for k in _KEYS if k not in d]
-        unknown = sorted(set(d) - set(_KEYS))
-        if missing or unknown:
-            raise TLXError(f"{option}: give exactly the keys {', '.join(_KEYS)} "
-                           f"(missing: {missing or 'none'}, unknown: {unknown or 'none'}).")
+        if missing:
+            raise TLXError(f"{option}: missing {', '.join(missing)} (give {', '.join(_KEYS)}).")
         return cls(
             input_size=int(d["input_size"]),
             resize_size=int(d["resize_size"]),
@@ -76,6 +75,9 @@ def as_preprocessing(value: PreprocessingLike, option: str = "preprocessing") ->
     """A :class:`Preprocessing` from itself, its plain-dict form (YAML, checkpoints) or ``None``."""
     if value is None or isinstance(value, Preprocessing):
         return value
+    unknown = sorted(set(value) - set(_KEYS))
+    if unknown:  # a typo in a user's option must not pass silently
+        raise TLXError(f"{option}: unknown key(s) {', '.join(unknown)}; the keys are {', '.join(_KEYS)}.")
     return Preprocessing.from_dict(dict(value), option)
 
 
