@@ -37,12 +37,12 @@ sys.path.insert(0, str(REPO))
 
 from tlx.backbones import create_backbone  # noqa: E402
 from tlx.backbones.base import Backbone  # noqa: E402
-from tlx.preprocessing import Preprocessing  # noqa: E402
 from tlx.data.datasets import LabelledImages  # noqa: E402
 from tlx.data.folders import scan_class_folders  # noqa: E402
 from tlx.data.transforms import eval_transform  # noqa: E402
 from tlx.domain_adaptation import objectives as O  # noqa: E402
 from tlx.domain_adaptation.model import DomainAdaptationClassifier  # noqa: E402
+from tlx.preprocessing import Preprocessing  # noqa: E402
 
 OFFICE31 = (REPO / ".." / "shared" / "data" / "office31").resolve()
 TASKS = {"a2w": ("amazon", "webcam"), "w2a": ("webcam", "amazon")}

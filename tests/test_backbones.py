@@ -13,11 +13,11 @@ from PIL import Image
 
 from tests.conftest import HYMENOPTERA, TORCH_CACHE
 from tlx.backbones import create_backbone, list_backbones
-from tlx.preprocessing import Preprocessing
 from tlx.backbones.packaged import efficientnet_pytorch_to_timm, packaged_weights_file
 from tlx.backbones.weights_file import read_state_dict
 from tlx.data.transforms import eval_transform
 from tlx.errors import BackboneError, WeightsUnavailableError
+from tlx.preprocessing import Preprocessing
 
 IMAGENET_ANT, IMAGENET_BEE = 310, 309
 

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from tests.conftest import COLOURS, HYMENOPTERA, TINY_PREPROCESSING, make_imagefolder, write_image
-from tlx.preprocessing import Preprocessing
 from tlx.data import ImageFolderDataModule
 from tlx.data.images import load_rgb
 from tlx.errors import DataError
+from tlx.preprocessing import Preprocessing
 
 
 def datamodule(root, **kwargs) -> ImageFolderDataModule:

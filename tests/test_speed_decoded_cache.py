@@ -7,10 +7,10 @@ from lightning.pytorch import seed_everything
 
 from tests.conftest import TINY_MODEL, TINY_PREPROCESSING, write_image
 from tests.helpers import tiny_trainer
-from tlx.preprocessing import Preprocessing
 from tlx.data import ImageFolderDataModule
 from tlx.data.decoded_cache import DecodedImages
 from tlx.models import ImageClassifier
+from tlx.preprocessing import Preprocessing
 
 
 def _datamodule(root, **kwargs) -> ImageFolderDataModule:
