@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from typing import Any
 
@@ -15,6 +14,7 @@ from tlx.domain_adaptation.objectives import DomainBatch, Objective, SourceOnly
 from tlx.errors import TLXError
 from tlx.heads import HeadFactory
 from tlx.models import ImageClassifier
+from tlx.plain import from_plain
 
 
 def _objective_from(spec: Objective | dict | str | None) -> Objective:
@@ -25,8 +25,7 @@ def _objective_from(spec: Objective | dict | str | None) -> Objective:
         return spec
     if isinstance(spec, str):
         spec = {"class_path": spec}
-    module, _, name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
+    cls = from_plain(spec["class_path"], "objective")
     if not (isinstance(cls, type) and issubclass(cls, Objective)):
         raise TLXError(f"objective {spec['class_path']!r} is not a tlx.domain_adaptation Objective.")
     return cls(**(spec.get("init_args") or {}))
@@ -60,6 +59,7 @@ class DomainAdaptationClassifier(ImageClassifier):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        preprocessing: dict[str, Any] | None = None,
         data_config: dict[str, Any] | None = None,
         objective: Objective | None = None,
         bottleneck_dim: int | None = 256,
@@ -68,7 +68,7 @@ class DomainAdaptationClassifier(ImageClassifier):
         with warnings.catch_warnings():  # "objective is an nn.Module": replaced by plain data below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             super().__init__(backbone, weights, weights_path, backbone_kwargs, head, None, optimizer, lr_scheduler,
-                             label_smoothing, data_config)
+                             label_smoothing, preprocessing, data_config)
         self.objective = _objective_from(objective)
         # Plain data in the hyperparameters: checkpoints load with weights_only=True.
         self.hparams["objective"] = self.objective.describe()
