@@ -186,8 +186,8 @@ def test_every_finetuning_strategy_drives_the_da_model(config, two_domains, tmp_
     source, target = two_domains
     cli = run_cli(da_fit_args(source, target, tmp_path / "runs",
                               extra=[f"--trainer.callbacks={json.dumps(callbacks)}"]))
-    groups = {g["name"]: g for g in cli.trainer.optimizers[0].param_groups}
-    head = {id(p) for p in groups["head"]["params"]}
+    # the strategy's "head" group (split in "head" and "head.no_decay" where the optimizer decays)
+    head = {id(p) for g in cli.trainer.optimizers[0].param_groups if g["group"] == "head" for p in g["params"]}
     model = cli.model
     assert all(id(p) in head for p in model.objective.parameters())
     assert all(id(p) in head for p in model.bottleneck.parameters())
