@@ -78,9 +78,9 @@ def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precisio
     checkpoint = ImageClassifier.load_from_checkpoint(ckpt, weights=None).eval()
     images = [Image.open(write_image(tmp_path / "new" / f"{c}_{i}.png", COLOURS[c], seed=100 + i)).convert("RGB")
               for c in CLASSES for i in range(4)]
-    x = torch.stack([unit_range_transform(checkpoint.data_config)(im) for im in images])
+    x = torch.stack([unit_range_transform(checkpoint.preprocessing)(im) for im in images])
     with torch.no_grad():
-        expected = checkpoint(torch.stack([eval_transform(checkpoint.data_config)(im) for im in images])).softmax(-1)
+        expected = checkpoint(torch.stack([eval_transform(checkpoint.preprocessing)(im) for im in images])).softmax(-1)
     got = ort.InferenceSession(str(out / "best.int8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
     assert (got.argmax(1) == expected.numpy().argmax(1)).all()
     assert np.abs(got - expected.numpy()).max() < 0.1
@@ -195,7 +195,7 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
                          bool(torch.allclose(steps, steps.round(), atol=1e-3)), len(conv._forward_pre_hooks)))
 
     model = ImageClassifier(**TINY_MODEL)
-    data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, preprocessing=TINY_MODEL["data_config"])
+    data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, preprocessing=TINY_MODEL["preprocessing"])
     trainer = tiny_trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[
         QuantizationAwareTraining(last_epochs=1), Probe(),
         ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor=None)])
