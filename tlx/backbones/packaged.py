@@ -75,11 +75,16 @@ def create_packaged_backbone(
 ) -> Backbone:
     arch = PACKAGED[name][2]
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    source_classifier = None
     if weights is not None or weights_path:
         source = Path(weights_path) if weights_path else packaged_weights_file(name)
         state = read_state_dict(source)
         if any(k.startswith("_conv_stem.") for k in state):
             state = efficientnet_pytorch_to_timm(state, model)
         load_weights_into(model, state, str(source), f"tlx:{name}")
+        if "classifier.weight" in state:  # the ImageNet classifier, kept aside (see Backbone)
+            weight, bias = state["classifier.weight"], state.get("classifier.bias")
+            source_classifier = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            source_classifier.load_state_dict({"weight": weight, **({"bias": bias} if bias is not None else {})})
     data_config = DataConfig.from_timm(resolve_model_data_config(model))
-    return Backbone(model, model.num_features, data_config, name=f"tlx:{name}")
+    return Backbone(model, model.num_features, data_config, name=f"tlx:{name}", source_classifier=source_classifier)

@@ -26,7 +26,8 @@ def create_timm_backbone(
     pretrained = weights is not None and not weights_path
     full_name = name if weights in (None, "DEFAULT") else f"{name}.{weights}"
     try:
-        model = timm.create_model(full_name, pretrained=pretrained, num_classes=0, **kwargs)
+        # Pretrained: with the weights' own classifier, kept aside below for transferability metrics.
+        model = timm.create_model(full_name, pretrained=pretrained, **({} if pretrained else {"num_classes": 0}), **kwargs)
     except RuntimeError as e:
         if "Unknown pretrained tag" in str(e) or "Invalid pretrained tag" in str(e):
             raise WeightsUnavailableError(f"timm has no weights {weights!r} for {name!r}: {e}") from None
@@ -37,7 +38,12 @@ def create_timm_backbone(
             "model.weights_path=/path/to/weights (.pth or .safetensors), or pre-fill the Hugging Face "
             "cache (HF_HOME) on a machine with internet; set HF_HUB_OFFLINE=1 to fail fast."
         ) from None
+    source_classifier = None
+    if model.num_classes:
+        source_classifier = model.get_classifier()
+        model.reset_classifier(0)
     if weights_path:
         load_weights_into(model, read_state_dict(weights_path), weights_path, f"timm:{name}")
     data_config = DataConfig.from_timm(resolve_model_data_config(model))
-    return Backbone(model, model.num_features, data_config, name=f"timm:{full_name}")
+    return Backbone(model, model.num_features, data_config, name=f"timm:{full_name}",
+                    source_classifier=source_classifier)

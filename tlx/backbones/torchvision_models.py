@@ -26,8 +26,8 @@ def list_torchvision_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _drop_classifier(model: nn.Module) -> int:
-    """Replace the last ``Linear`` (the ImageNet classifier) with ``Identity``; return its input width."""
+def _drop_classifier(model: nn.Module) -> nn.Linear:
+    """Replace the last ``Linear`` (the ImageNet classifier) with ``Identity``; return that Linear."""
     last_name, last = None, None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -36,7 +36,7 @@ def _drop_classifier(model: nn.Module) -> int:
         raise BackboneError(f"torchvision model {type(model).__name__} has no Linear classifier to remove.")
     parent_name, _, child = last_name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
-    return last.in_features
+    return last
 
 
 def _data_config(weights: torchvision.models.WeightsEnum) -> DataConfig:
@@ -78,9 +78,12 @@ def create_torchvision_backbone(
             f"Offline, put the file at {_cache_hint(chosen)} (set TORCH_HOME to choose the cache) "
             "or pass model.weights_path=/path/to/file.pth."
         ) from None
-    num_features = _drop_classifier(model)
+    classifier = _drop_classifier(model)
     if weights_path:
         load_weights_into(model, read_state_dict(weights_path), weights_path, f"torchvision:{name}")
     # Without weights, the architecture's default recipe still says how its inputs look.
     data_config = _data_config(chosen or enum_cls.DEFAULT)
-    return Backbone(model, num_features, data_config, name=f"torchvision:{name}")
+    # The classifier is the weights' own only when the enum's weights were loaded.
+    source_classifier = classifier if chosen is not None and not weights_path else None
+    return Backbone(model, classifier.in_features, data_config, name=f"torchvision:{name}",
+                    source_classifier=source_classifier)
