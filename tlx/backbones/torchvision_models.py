@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from tlx.backbones.base import Backbone, DataConfig
-from tlx.backbones.registry import register_source
+from tlx.backbones.registry import register_offline, register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
 from tlx.errors import BackboneError, WeightsUnavailableError, close_names
 
@@ -53,6 +53,20 @@ def _data_config(weights: torchvision.models.WeightsEnum) -> DataConfig:
 def _cache_hint(weights: torchvision.models.WeightsEnum) -> str:
     filename = os.path.basename(weights.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+@register_offline("torchvision")
+def cached_weights() -> list[tuple[str, str | None, float | None]]:
+    """Every weights enum member whose file is already in torch.hub's cache (``$TORCH_HOME``)."""
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    files = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    found = []
+    for name in list_torchvision_models() if files else []:
+        for w in torchvision.models.get_model_weights(name):
+            if os.path.basename(w.url) in files:
+                top1 = w.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+                found.append((name, w.name, top1))
+    return found
 
 
 @register_source("torchvision", list_torchvision_models)
