@@ -93,6 +93,23 @@ def test_leep_and_nce_match_the_papers_formulas():
     assert leep(perfect, y) > -0.05 and nce(perfect, y) == 0.0
 
 
+@pytest.mark.parametrize("n,d", [(50, 20), (30, 200)])
+def test_hscore_matches_the_direct_shrinkage_formula(n, d):
+    """tr(cov_a^-1 (1 - a) cov(E[f|y])) with the D x D Ledoit-Wolf estimate, written out plainly."""
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 4, n)
+    f = rng.normal(size=(n, d)) + y[:, None] * 0.5
+    x = f - f.mean(0)
+    emp = x.T @ x / n
+    mu = np.trace(emp) / d
+    delta = np.sum((emp - mu * np.eye(d)) ** 2) / d
+    beta = (np.sum((x**2).T @ (x**2)) / n - np.sum(emp**2)) / (d * n)
+    a = min(beta, delta) / delta
+    means = np.stack([x[y == c].mean(0) for c in y])
+    ref = np.trace(np.linalg.inv((1 - a) * emp + a * mu * np.eye(d)) @ ((1 - a) * np.cov(means, rowvar=False)))
+    assert hscore(f, y) == pytest.approx(ref, rel=1e-9)
+
+
 def test_scores_of_bf16_and_fp32_features_agree_to_three_digits():
     f, y = _blobs(40, 4, 64, spread=1.0, seed=3)
     f = torch.tensor(f, dtype=torch.float32).relu()  # post-ReLU features, as a backbone gives
