@@ -70,6 +70,10 @@ class ScoringNetwork(nn.Module):
         return output[:, : -self.source_classes], output[:, -self.source_classes:]
 
 
+def cache_file(cache_dir: str | Path | None, cache_key: str | None) -> Path | None:
+    return Path(cache_dir) / f"rank-{cache_key}.pt" if cache_dir and cache_key else None
+
+
 def extract_features(
     network: nn.Module,
     dataset: Dataset,
@@ -85,7 +89,7 @@ def extract_features(
     bf16 autocast when ``precision`` says bf16; float32 results either way. With ``cache_dir``
     and ``cache_key`` the result is kept on disk and read back by later calls with the same key.
     """
-    file = Path(cache_dir) / f"rank-{cache_key}.pt" if cache_dir and cache_key else None
+    file = cache_file(cache_dir, cache_key)
     if all_ranks(file is not None and file.is_file()):
         blob = torch.load(file, weights_only=True)
         return blob["features"], blob["labels"]

@@ -26,7 +26,7 @@ from tlx.data.transforms import eval_transform
 from tlx.errors import BackboneError, TLXError
 from tlx.speed.feature_cache import cache_key, weights_digest
 from tlx.transferability.base import get_metric
-from tlx.transferability.extract import ScoringNetwork, extract_features
+from tlx.transferability.extract import ScoringNetwork, cache_file, extract_features
 
 log = logging.getLogger("tlx")
 
@@ -90,7 +90,7 @@ def score_backbone(
             "layer": network.layer, "source_classes": network.source_classes}
     key = cache_key(weights_digest(network), prep, files_digest(samples))
     start = time.perf_counter()
-    cached = cache_dir is not None and (Path(cache_dir) / f"rank-{key}.pt").is_file()
+    cached = (file := cache_file(cache_dir, key)) is not None and file.is_file()
     output, labels = extract_features(network, dataset, batch_size=batch_size, num_workers=num_workers,
                                       precision=precision, cache_dir=cache_dir, cache_key=key)
     features, source_probs = network.split(output)
