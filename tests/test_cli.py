@@ -10,14 +10,24 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import HYMENOPTERA, REPO
-from tests.helpers import run_cli
-from tests.test_cli_smoke import tiny_fit_args
+from tests.helpers import HYMENOPTERA, REPO, run_cli, tiny_fit_args
 from tlx.cli import TLXCLI
 
 
 def _ckpt(root, name="best.ckpt", version=0):
     return root / "lightning_logs" / f"version_{version}" / "checkpoints" / name
+
+
+def test_fit_writes_config_classes_checkpoints_and_tensorboard(tiny_folder, tmp_path):
+    cli = run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs"))
+    log_dir = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert (log_dir / "config.yaml").is_file()
+    assert json.loads((log_dir / "run.json").read_text())["class_names"] == ["cat", "dog"]
+    assert (log_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    assert cli.model.class_names == ["cat", "dog"]
+    assert "val/acc" in cli.trainer.callback_metrics
 
 
 def test_print_config_shows_the_whole_recipe():

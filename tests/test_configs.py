@@ -5,11 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_MODEL
-from tests.helpers import run_cli
+from tests.helpers import REPO, TINY_MODEL, run_cli
 from tlx.finetuning import FinetuneStrategy
 
-import tests.finetuning_utils  # noqa: F401 - one intra-op thread
 
 CONFIGS = sorted((REPO / "configs" / "finetuning").glob("*.yaml"))
 

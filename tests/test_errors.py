@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import COLOURS, TINY_MODEL, make_imagefolder, write_image
-from tests.test_cli_smoke import tiny_fit_args
+from tests.helpers import COLOURS, TINY_MODEL, make_imagefolder, tiny_fit_args, write_image
 from tlx.cli import main
 from tlx.data import ImageFolderDataModule
 from tlx.data.images import check_image, load_rgb

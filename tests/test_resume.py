@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import Callback
 
-from tests.helpers import run_cli
-from tests.test_cli_smoke import tiny_fit_args
+from tests.helpers import run_cli, tiny_fit_args
 
 # Dropout, a cosine schedule and the default random crops/flips: every source of randomness.
 RANDOM = ["--model.init_args.head=tlx.heads.LinearHead", "--model.init_args.head.dropout=0.3",

@@ -10,9 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_MODEL, write_image
-from tests.helpers import run_cli
-from tests.test_cli_smoke import tiny_fit_args
+from tests.helpers import TINY_MODEL, run_cli, tiny_fit_args, write_image
 from tlx.data import ImageFolderDataModule
 from tlx.data.file_list import read_file_list
 from tlx.data.transforms import eval_transform
@@ -23,7 +21,7 @@ from tlx.models import ImageClassifier
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from tests.conftest import make_imagefolder
+    from tests.helpers import make_imagefolder
 
     tmp = tmp_path_factory.mktemp("pred")
     root = make_imagefolder(tmp / "data", n_train=6, n_val=3)

@@ -11,7 +11,7 @@ import timm
 import torch
 from PIL import Image
 
-from tests.conftest import HYMENOPTERA, TORCH_CACHE
+from tests.helpers import HYMENOPTERA, TORCH_CACHE
 from tlx.backbones import DataConfig, create_backbone, list_backbones
 from tlx.backbones.packaged import efficientnet_pytorch_to_timm, packaged_weights_file
 from tlx.backbones.weights_file import read_state_dict

@@ -12,9 +12,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from tests.conftest import REPO
-from tests.helpers import run_cli
-from tests.test_cli_smoke import tiny_fit_args
+from tests.helpers import REPO, run_cli, tiny_fit_args
 from tlx.cli import main
 
 

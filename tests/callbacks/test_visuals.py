@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL, assert_real_picture, decode, make_imagefolder, tb_images
 from tlx.callbacks import AugmentationPreview, HParamsMetrics, PredictionGallery, TopLosses
 from tlx.data import ImageFolderDataModule
 from tlx.metrics import confusion_figure
@@ -21,30 +18,8 @@ from tlx.models import ImageClassifier
 from tlx.visuals import denormalize, figure_to_array, image_grid_figure
 
 
-def assert_real_picture(img: np.ndarray, size: tuple[int, int]) -> None:
-    """``size`` is (width, height); real content: many non-white pixels, many distinct colours."""
-    assert (img.shape[1], img.shape[0]) == size
-    rgb = img[..., :3].astype(float)
-    non_white = (rgb < 245).any(axis=-1).mean()
-    assert non_white > 0.05, f"only {non_white:.1%} of the picture is drawn"
-    assert rgb.std() > 20
-    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50
-
-
-def tb_images(log_dir) -> dict[str, list]:
-    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
-    acc.Reload()
-    return {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
-
-
-def decode(event) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
-
-
 @pytest.fixture(scope="module")
 def fitted_run(tmp_path_factory):
-    from tests.conftest import make_imagefolder
-
     tmp = tmp_path_factory.mktemp("vis")
     root = make_imagefolder(tmp / "data", n_train=8, n_val=4)
     logger = TensorBoardLogger(str(tmp / "tb"), name="", version="run")
@@ -145,7 +120,6 @@ def test_gallery_spreads_over_classes_and_top_losses_keeps_the_worst_across_batc
 
 
 def test_trainable_summary_splits_trainable_and_frozen_per_part(tmp_path, capsys):
-    from tests.conftest import make_imagefolder
     from tlx.callbacks import TrainableSummary
     from tlx.finetuning import FreezeBackbone
 

@@ -10,9 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import HYMENOPTERA, REPO
-from tests.helpers import run_cli
-from tests.test_visuals_callbacks import assert_real_picture, decode, tb_images
+from tests.helpers import HYMENOPTERA, REPO, assert_real_picture, decode, run_cli, tb_images
 
 pytestmark = pytest.mark.e2e
 

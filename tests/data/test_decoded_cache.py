@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import seed_everything
 
-from tests.conftest import TINY_MODEL, TINY_PREPROCESSING, write_image
-from tests.helpers import tiny_trainer
+from tests.helpers import TINY_MODEL, TINY_PREPROCESSING, tiny_trainer, write_image
 from tlx.backbones import DataConfig
 from tlx.data import ImageFolderDataModule
 from tlx.data.decoded_cache import DecodedImages
@@ -68,7 +67,7 @@ def test_fit_with_cached_images_and_workers(tiny_folder, tmp_path):
 
 
 def test_test_split_falling_back_to_val_reuses_its_decoded_cache(tmp_path):
-    from tests.conftest import make_imagefolder
+    from tests.helpers import make_imagefolder
 
     root = make_imagefolder(tmp_path / "data")  # train/val, no test folder
     dm = _datamodule(root, cache_images=True)
@@ -79,7 +78,7 @@ def test_test_split_falling_back_to_val_reuses_its_decoded_cache(tmp_path):
 
 def test_hidden_files_are_not_predicted(tmp_path):
     """macOS AppleDouble files (._x.jpg) are skipped in predict_dir as in the class folders."""
-    from tests.conftest import write_image
+    from tests.helpers import write_image
     from tlx.data.datasets import image_files
 
     write_image(tmp_path / "a.png", (10, 20, 30))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import make_imagefolder
+from tests.helpers import make_imagefolder
 from tlx.data.fewshot import FewShotImageFolder
 from tlx.errors import DataError
 

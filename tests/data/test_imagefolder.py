@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import COLOURS, HYMENOPTERA, TINY_PREPROCESSING, make_imagefolder, write_image
+from tests.helpers import COLOURS, HYMENOPTERA, TINY_PREPROCESSING, make_imagefolder, write_image
 from tlx.backbones import DataConfig
 from tlx.data import ImageFolderDataModule
 from tlx.data.images import load_rgb

@@ -8,8 +8,6 @@ Each test starts real ``python -m tlx`` processes on a tiny model and tiny data 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,28 +15,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_MODEL, make_imagefolder
-from tests.helpers import run_cli
+from tests.helpers import (
+    REPO,
+    TIMEOUT,
+    TINY_MODEL,
+    da_fit_args,
+    free_port,
+    loopback_env,
+    make_domain,
+    make_imagefolder,
+    run_cli,
+)
 
 pytestmark = pytest.mark.multiprocess
-
-TIMEOUT = 240  # a hung collective fails the test instead of hanging the suite
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def loopback_env(port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
-               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for key in [k for k in env if k.startswith(("SLURM_", "TORCHELASTIC_")) or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")]:
-        del env[key]
-    return env
-
 
 def experiment(tmp_path: Path, data: Path, root_dir: str, probe_dir: Path, epochs: int = 2) -> Path:
     """An experiment config: tiny model, frozen backbone, SGD lr 1e-3, the shard probe."""
@@ -52,7 +41,7 @@ def experiment(tmp_path: Path, data: Path, root_dir: str, probe_dir: Path, epoch
             "log_every_n_steps": 1,
             "callbacks": [
                 {"class_path": "tlx.finetuning.FreezeBackbone"},
-                {"class_path": "tests.ddp_probe.ShardProbe", "init_args": {"out_dir": str(probe_dir)}},
+                {"class_path": "tests.helpers.ShardProbe", "init_args": {"out_dir": str(probe_dir)}},
             ],
         },
         "model": {"class_path": "tlx.models.ImageClassifier",
@@ -210,12 +199,11 @@ def test_two_nodes_with_torchrun_on_loopback(tiny3, tmp_path):
 def test_domain_adaptation_under_ddp(tmp_path):
     """DANN with a source and a target loader on 2 processes: synchronised target metrics, and the
     same figures as one process validating the same checkpoint."""
-    from tests.test_domain_adaptation_fit import da_fit_args, make_domain
 
     source, target = make_domain(tmp_path / "source", 0, 8), make_domain(tmp_path / "target", 60, 5, seed0=100)
     (target / "dog" / "dog_4.png").unlink()  # 9 target images: uneven evaluation shards
     out, probe_dir = tmp_path / "runs", tmp_path / "probe"
-    probe = json.dumps([{"class_path": "tests.ddp_probe.ShardProbe", "init_args": {"out_dir": str(probe_dir)}}])
+    probe = json.dumps([{"class_path": "tests.helpers.ShardProbe", "init_args": {"out_dir": str(probe_dir)}}])
     args = da_fit_args(source, target, out, extra=["--trainer.max_epochs=2", f"--trainer.callbacks={probe}"])
     run([sys.executable, "-m", "tlx", *args, "--config", "configs/trainer/ddp_cpu.yaml"],
         cwd=REPO, env=loopback_env(free_port()))

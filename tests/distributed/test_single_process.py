@@ -9,20 +9,12 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, TINY_MODEL, make_imagefolder
-from tests.helpers import run_cli, tiny_trainer
+from tests.helpers import REPO, TINY_MODEL, make_imagefolder, printed_config, tiny_trainer
 from tlx.callbacks import ScaleLearningRate
 from tlx.data import ImageFolderDataModule
 from tlx.data.sampling import eval_sampler
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
-
-
-def printed_config(capsys, *configs: str) -> dict:
-    args = ["fit"] + [a for c in configs for a in ("--config", str(REPO / c))] + ["--print_config"]
-    with pytest.raises(SystemExit):
-        run_cli(args)
-    return yaml.safe_load(capsys.readouterr().out)
 
 
 def test_trainer_configs_compose_after_an_experiment_config(capsys):

@@ -15,8 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, TINY_MODEL
-from tests.test_distributed_multiprocess import TIMEOUT, free_port, loopback_env
+from tests.helpers import REPO, TIMEOUT, TINY_MODEL, free_port, loopback_env
 
 pytestmark = pytest.mark.multiprocess
 
@@ -37,7 +36,7 @@ def test_sbatch_script_requeues_on_sigusr1_and_resumes(tiny_folder, tmp_path):
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(yaml.safe_dump({
         "trainer": {"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False,
-                    "callbacks": [{"class_path": "tests.ddp_probe.Preempt", "init_args": {"at_step": 2}}]},
+                    "callbacks": [{"class_path": "tests.helpers.Preempt", "init_args": {"at_step": 2}}]},
         "model": {"class_path": "tlx.models.ImageClassifier", "init_args": TINY_MODEL},
         "data": {"class_path": "tlx.data.ImageFolderDataModule",
                  "init_args": {"root": str(tiny_folder), "batch_size": 4, "num_workers": 0}},

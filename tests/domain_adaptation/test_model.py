@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import COLOURS, OFFICE31, TINY_MODEL, write_image
-from tests.helpers import run_cli, tiny_trainer
+from tests.helpers import COLOURS, OFFICE31, TINY_MODEL, da_fit_args, make_domain, run_cli, tiny_trainer, write_image
 from tlx.domain_adaptation import (
     CDAN,
     CORAL,
@@ -22,51 +21,9 @@ from tlx.domain_adaptation import (
 from tlx.errors import DataError
 
 
-def make_domain(root: Path, shift: int, n: int, labelled: bool = True, seed0: int = 0) -> Path:
-    """cat/dog images; the target domain's colours are shifted (a covariate shift)."""
-    seed = seed0
-    for cls in ("cat", "dog"):
-        colour = tuple(min(255, c + shift) for c in COLOURS[cls])
-        for i in range(n):
-            seed += 1
-            folder = root / cls if labelled else root
-            write_image(folder / f"{cls}_{i}.png", colour, seed=seed)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny steps run faster on one thread than on two contended ones (this machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def two_domains(tmp_path):
     return make_domain(tmp_path / "source", 0, 6), make_domain(tmp_path / "target", 60, 3, seed0=100)
-
-
-def da_fit_args(source, target, out_dir, objective="tlx.domain_adaptation.DANN", extra=()):
-    return [
-        "fit",
-        "--model.class_path=tlx.domain_adaptation.DomainAdaptationClassifier",
-        f"--model.init_args.backbone={TINY_MODEL['backbone']}",
-        "--model.init_args.weights=null",
-        f"--model.init_args.data_config={json.dumps(TINY_MODEL['data_config'])}",
-        "--model.init_args.bottleneck_dim=16",
-        f"--model.init_args.objective={objective}",
-        "--data.class_path=tlx.domain_adaptation.DomainAdaptationDataModule",
-        f"--data.init_args.source_root={source}",
-        f"--data.init_args.target_root={target}",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0",
-        f"--trainer.default_root_dir={out_dir}",
-        "--trainer.max_epochs=1",
-        "--trainer.enable_progress_bar=false",
-        *extra,
-    ]
 
 
 @pytest.mark.parametrize("objective", [CDAN(), DAN(), CORAL(), MCC(), InstanceWeighting(), SourceOnly()])

@@ -5,7 +5,7 @@ import logging
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
-from tests.finetuning_utils import fit, tiny_data, tiny_model
+from tests.helpers import fit, tiny_data, tiny_model
 from tlx.finetuning import FinetuningError, FreezeBackbone, FreezeUnfreeze
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback
 
-from tests.finetuning_utils import fit, tiny_data, tiny_model
+from tests.helpers import fit, tiny_data, tiny_model
 from tlx.finetuning import FreezeUnfreeze
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.finetuning_utils import Recorder, fit, tiny_data, tiny_model
+from tests.helpers import fit, Recorder, tiny_data, tiny_model
 from tlx.finetuning import BitFit, FreezeBackbone, FreezeUnfreeze, FullFinetune, GradualUnfreeze, LoRA
 from tlx.finetuning.groups import layer_groups
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from tests.finetuning_utils import fit, tiny_data, tiny_model
+from tests.helpers import fit, tiny_data, tiny_model
 from tlx.finetuning import L2SP, FullFinetune
 
 

@@ -5,7 +5,7 @@ import torch
 from timm.layers import Conv2dSame
 from torch import nn
 
-from tests.finetuning_utils import Recorder, fit, tiny_data, tiny_model
+from tests.helpers import fit, Recorder, tiny_data, tiny_model
 from tlx.finetuning import FinetuningError, LoRA, merge_lora
 from tlx.finetuning.lora import LoRALayer, inject_lora, merged_state_dict
 from tlx.models import ImageClassifier

@@ -4,8 +4,7 @@
 import pytest
 import torch
 
-from tests.conftest import HYMENOPTERA
-from tests.finetuning_utils import fit
+from tests.helpers import HYMENOPTERA, fit
 from tlx.data import ImageFolderDataModule
 from tlx.finetuning import LoRA
 from tlx.finetuning.lora import LoRALayer

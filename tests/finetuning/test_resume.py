@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tests.finetuning_utils import OrderedData, fit, tiny_model
+from tests.helpers import fit, OrderedData, tiny_model
 from tlx.finetuning import FreezeUnfreeze, GradualUnfreeze
 
 EPOCHS = 4
@@ -32,14 +32,6 @@ def run(tmp_path, name, ckpt_path=None):
     trainer = fit(tmp_path, model, OrderedData(str(tmp_path.parent / "data")), [STRATEGIES[name](), ckpt],
                   epochs=EPOCHS, enable_checkpointing=True, ckpt_path=ckpt_path)
     return trainer, model
-
-
-def fit(tmp_path, model, data, callbacks, epochs, ckpt_path=None, **kwargs):  # noqa: F811 - ckpt_path passthrough
-    from tests.helpers import tiny_trainer
-
-    trainer = tiny_trainer(tmp_path, max_epochs=epochs, callbacks=callbacks, **kwargs)
-    trainer.fit(model, data, ckpt_path=ckpt_path)
-    return trainer
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

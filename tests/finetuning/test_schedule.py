@@ -9,7 +9,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
-from tests.finetuning_utils import fit, tiny_data, tiny_model
+from tests.helpers import fit, tiny_data, tiny_model
 from tlx.finetuning import FreezeUnfreeze, GradualUnfreeze
 
 LR = 0.01

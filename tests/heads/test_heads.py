@@ -40,7 +40,7 @@ def test_a_model_rebuilds_from_its_own_plain_hyperparameters(tmp_path):
     and come back as the same classes, so load_from_checkpoint works."""
     import torch
 
-    from tests.conftest import TINY_MODEL
+    from tests.helpers import TINY_MODEL
     from tlx.heads import CosineHead
     from tlx.models import ImageClassifier
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.helpers import run_cli
-from tests.test_cli_smoke import tiny_fit_args
+from tests.helpers import run_cli, tiny_fit_args
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--trainer.callbacks+=tlx.finetuning.FreezeBackbone", "--trainer.callbacks+=tlx.speed.SpeedUp",

@@ -8,8 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 
-from tests.conftest import TINY_MODEL, TINY_PREPROCESSING, write_image
-from tests.helpers import tiny_trainer
+from tests.helpers import TINY_MODEL, TINY_PREPROCESSING, tiny_trainer, write_image
 from tlx.data import ImageFolderDataModule
 from tlx.errors import TLXError
 from tlx.finetuning import FreezeBackbone

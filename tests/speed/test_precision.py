@@ -7,9 +7,7 @@ import logging
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
-from tests.helpers import run_cli
-from tests.test_cli_smoke import tiny_fit_args
+from tests.helpers import TINY_MODEL, run_cli, tiny_fit_args
 from tlx.models import ImageClassifier
 from tlx.speed import SpeedUp, precision
 from tlx.speed.precision import resolve_precision
