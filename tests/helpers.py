@@ -58,13 +58,18 @@ def fragment_objective(fragment: Path) -> dict:
     return yaml.safe_load(fragment.read_text())["model"]["init_args"]["objective"]
 
 
-def build_callbacks(specs: list[dict]) -> list[Callback]:
-    """Callbacks from class_path/init_args dicts, built by jsonargparse as the CLI builds them."""
+def build(spec: Any, typ: Any) -> Any:
+    """An object of type ``typ`` from class_path/init_args dicts, built by jsonargparse as the
+    CLI builds it."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--callbacks", type=list[Callback])
-    return parser.instantiate_classes(parser.parse_object({"callbacks": specs})).callbacks
+    parser.add_argument("--value", type=typ)
+    return parser.instantiate_classes(parser.parse_object({"value": spec})).value
+
+
+def build_callbacks(specs: list[dict]) -> list[Callback]:
+    return build(specs, list[Callback])
 
 
 # ---- tiny data and models -------------------------------------------------------------------

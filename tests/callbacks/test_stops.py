@@ -16,6 +16,7 @@ from tests.helpers import REPO, run_cli, tiny_fit_args
 from tlx.cli import main
 
 
+@pytest.mark.multiprocess  # signals a real `python -m tlx fit` process
 def test_sigterm_saves_a_checkpoint_then_exits_and_resume_finishes(tiny_folder, tmp_path, capsys):
     runs = tmp_path / "runs"
     last = runs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"

@@ -1,23 +1,30 @@
 """Domain adaptation end to end on tiny generated two-domain data (colours shifted in the target)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import COLOURS, OFFICE31, TINY_MODEL, da_fit_args, make_domain, run_cli, tiny_trainer, write_image
-from tlx.domain_adaptation import (
-    CDAN,
-    CORAL,
-    DAN,
-    DANN,
-    MCC,
-    DomainAdaptationClassifier,
-    DomainAdaptationDataModule,
-    InstanceWeighting,
-    SourceOnly,
+from tests.helpers import (
+    COLOURS,
+    DA_BASE,
+    DA_TASKS,
+    OBJECTIVES,
+    OFFICE31,
+    STRATEGIES,
+    TINY_MODEL,
+    build,
+    da_fit_args,
+    fragment_callbacks,
+    fragment_objective,
+    ids,
+    make_domain,
+    run_cli,
+    tiny_trainer,
+    write_image,
 )
+from tlx.domain_adaptation import DANN, DomainAdaptationClassifier, DomainAdaptationDataModule
+from tlx.domain_adaptation.objectives import Objective
 from tlx.errors import DataError
 
 
@@ -26,8 +33,10 @@ def two_domains(tmp_path):
     return make_domain(tmp_path / "source", 0, 6), make_domain(tmp_path / "target", 60, 3, seed0=100)
 
 
-@pytest.mark.parametrize("objective", [CDAN(), DAN(), CORAL(), MCC(), InstanceWeighting(), SourceOnly()])
-def test_fit_each_objective_validates_on_target(two_domains, tmp_path, objective):
+@pytest.mark.parametrize("fragment", OBJECTIVES, ids=ids(OBJECTIVES))
+def test_fit_each_objective_validates_on_target(two_domains, tmp_path, fragment):
+    """Every objective of configs/domain_adaptation/objectives/, as its fragment builds it."""
+    objective = build(fragment_objective(fragment), Objective)
     source, target = two_domains
     dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
     model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=objective)
@@ -38,8 +47,9 @@ def test_fit_each_objective_validates_on_target(two_domains, tmp_path, objective
     assert trainer.global_step == 3
     metrics = trainer.callback_metrics
     assert "val/acc" in metrics and torch.isfinite(metrics["train/transfer_loss_epoch"])
+    # The objective's own state (discriminators, random maps) is the model's: optimised, checkpointed.
     own = {k for k in model.state_dict() if k.startswith("objective.")}
-    assert bool(own) == isinstance(objective, (CDAN, InstanceWeighting))
+    assert own == {f"objective.{k}" for k in objective.state_dict()}
 
 
 def test_discriminator_is_optimised_and_checkpoint_reloads(two_domains, tmp_path):
@@ -108,7 +118,7 @@ def test_target_with_other_classes_is_a_clear_error(tmp_path):
 def test_office31_config_runs_on_real_data_and_weights(tmp_path):
     small = {"input_size": 96, "resize_size": 110, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
     cli = run_cli([
-        "fit", "--config", "configs/office31_a2w_cdan.yaml",
+        "fit", "--config", str(DA_BASE), "--config", str(DA_TASKS[0]), "--config", str(DA_BASE.parent / "objectives/cdan.yaml"),
         f"--model.init_args.data_config={json.dumps(small)}",
         "--data.init_args.batch_size=8", "--data.init_args.num_workers=0", "--data.init_args.verify_images=false",
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
@@ -130,16 +140,11 @@ def test_predict_runs_on_the_target_images(two_domains, tmp_path):
     assert probs.shape == (6, 2) and torch.allclose(probs.sum(1), torch.ones(6))
 
 
-FINETUNING_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "finetuning").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("config", FINETUNING_CONFIGS, ids=[p.stem for p in FINETUNING_CONFIGS])
-def test_every_finetuning_strategy_drives_the_da_model(config, two_domains, tmp_path):
-    """Each strategy's callbacks (configs/finetuning/*.yaml) on a DANN model: the bottleneck and
-    the discriminator train with the head's group, the backbone as the strategy says."""
-    import yaml
-
-    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+@pytest.mark.parametrize("fragment", STRATEGIES, ids=ids(STRATEGIES))
+def test_every_finetuning_strategy_drives_the_da_model(fragment, two_domains, tmp_path):
+    """Each strategy's callbacks (configs/finetuning/strategies/) on a DANN model: the bottleneck
+    and the discriminator train with the head's group, the backbone as the strategy says."""
+    callbacks = fragment_callbacks(fragment)
     source, target = two_domains
     cli = run_cli(da_fit_args(source, target, tmp_path / "runs",
                               extra=[f"--trainer.callbacks={json.dumps(callbacks)}"]))

@@ -2,12 +2,15 @@
 backbone unfrozen after DDP wrapped the model stays identical on both ranks (its gradients,
 which DDP's reducer does not know, are averaged by the strategy)."""
 
+import pytest
 import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback
 
 from tests.helpers import fit, tiny_data, tiny_model
 from tlx.finetuning import FreezeUnfreeze
+
+pytestmark = pytest.mark.multiprocess
 
 
 class RanksAgree(Callback):
