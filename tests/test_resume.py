@@ -35,7 +35,7 @@ def weights(cli) -> dict[str, torch.Tensor]:
 def test_resumed_runs_end_with_identical_weights(tiny_folder, tmp_path):
     copies = tmp_path / "copies"
     base = run_cli(tiny_fit_args(tiny_folder, tmp_path / "base", epochs=2, extra=[
-        *RANDOM, "--trainer.callbacks+=tests.test_safety_resume.SaveCopies", f"--trainer.callbacks.folder={copies}"]))
+        *RANDOM, "--trainer.callbacks+=tests.test_resume.SaveCopies", f"--trainer.callbacks.folder={copies}"]))
     reference = weights(base)
     assert base.trainer.global_step == 8  # 4 batches x 2 epochs; the copy at step 6 is mid-epoch
     for name in ("mid_epoch", "after_val"):

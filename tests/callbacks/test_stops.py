@@ -60,7 +60,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     last = runs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     with pytest.raises(SystemExit) as exit_info:
         main(tiny_fit_args(tiny_folder, runs, epochs=3, extra=[
-            "--trainer.callbacks+=tests.test_safety_stop.PoisonAt", "--last_checkpoint.every_n_train_steps=1"]))
+            "--trainer.callbacks+=tests.callbacks.test_stops.PoisonAt", "--last_checkpoint.every_n_train_steps=1"]))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert (f"tlx: error: The training loss became nan at epoch 0, global step 3: training stopped before the "
