@@ -53,6 +53,9 @@ def classes(node, path: str = "") -> dict[str, dict]:
             found[path] = node
         for key, value in node.items():
             found.update(classes(value, f"{path}.{key}" if path else key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found.update(classes(value, f"{path}[{i}]"))
     return found
 
 
@@ -121,3 +124,32 @@ def test_strategy_fragment_fits(fragment: Path, tiny_folder, tmp_path):
     assert len(strategies) == 1
     assert "params/trainable" in cli.trainer.callback_metrics
     assert "lr-" + type(cli.trainer.optimizers[0]).__name__ + "/head" in cli.trainer.callback_metrics
+
+
+def fragment_classes(fragments: list[Path]) -> set[str]:
+    return {spec["class_path"] for f in fragments for spec in classes(load(f)).values()}
+
+
+def test_every_strategy_has_its_fragment():
+    """A strategy is one file and one fragment: each exported by tlx.finetuning has one."""
+    import tlx.finetuning as package
+
+    exported = [getattr(package, name) for name in package.__all__]
+    strategies = {c for c in exported if isinstance(c, type) and issubclass(c, FinetuneStrategy) and c is not FinetuneStrategy}
+    assert strategies
+    named = fragment_classes(STRATEGIES)
+    missing = [c.__name__ for c in strategies if not {f"tlx.finetuning.{c.__name__}", f"{c.__module__}.{c.__name__}"} & named]
+    assert not missing, f"no fragment in configs/finetuning/strategies/ for {missing}"
+
+
+def test_every_objective_has_its_fragment():
+    """A DA method is one file and one fragment: each objective tlx.domain_adaptation exports has one."""
+    import tlx.domain_adaptation as package
+    from tlx.domain_adaptation.objectives import Objective
+
+    exported = [getattr(package, name) for name in dir(package)]
+    objectives = {c for c in exported if isinstance(c, type) and issubclass(c, Objective) and c is not Objective}
+    assert objectives
+    named = fragment_classes(OBJECTIVES)
+    missing = [c.__name__ for c in objectives if not {f"tlx.domain_adaptation.{c.__name__}", f"{c.__module__}.{c.__name__}"} & named]
+    assert not missing, f"no fragment in configs/domain_adaptation/objectives/ for {missing}"
