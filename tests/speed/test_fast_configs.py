@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from tests.helpers import run_cli, tiny_fit_args
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, run_cli, tiny_fit_args
+
 FAST = ["--trainer.callbacks+=tlx.finetuning.FreezeBackbone", "--trainer.callbacks+=tlx.speed.SpeedUp",
         "--trainer.callbacks+=tlx.speed.FeatureCache", "--trainer.callbacks.augmented_views=1"]
 
