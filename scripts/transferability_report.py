@@ -51,9 +51,9 @@ from tlx.backbones import Backbone  # noqa: E402
 from tlx.data.datasets import LabelledImages  # noqa: E402
 from tlx.data.folders import Sample, files_digest, scan_class_folders, stratified_split  # noqa: E402
 from tlx.data.transforms import eval_transform  # noqa: E402
-from tlx.speed.feature_cache import cache_key, weights_digest  # noqa: E402
+from tlx.features import extract_features  # noqa: E402
 from tlx.transferability import get_metric  # noqa: E402
-from tlx.transferability.extract import ScoringNetwork, extract_features  # noqa: E402
+from tlx.transferability.extract import ScoringNetwork  # noqa: E402
 from tlx.transferability.ranking import build_backbones, per_class_subset  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -127,14 +127,14 @@ def extract(spec: str, backbone: Backbone, samples: list[Sample], cache_dir: Pat
     scoring = ScoringNetwork(backbone)
     cut, _ = top_stage(backbone)
     net = WithStageInput(scoring, cut).eval()
-    cfg = backbone.data_config
+    cfg = backbone.preprocessing
     with torch.inference_mode():  # the maps' shape, for splitting the cached rows
         net(torch.zeros(1, 3, cfg.input_size, cfg.input_size))
     shape = net.shape
     dataset = LabelledImages(samples, eval_transform(cfg), cfg.resize_size)
-    key = cache_key(weights_digest(net), {"data_config": cfg.to_dict(), "report": 1}, files_digest(samples))
+    key = {"files": files_digest(samples), "preprocessing": cfg.to_dict(), "report": 1}
     start = time.perf_counter()
-    out, labels = extract_features(net, dataset, batch_size=32, cache_dir=cache_dir, cache_key=key)
+    out, labels = extract_features(net, dataset, batch_size=32, precision="32-true", cache_dir=cache_dir, cache_key=key)
     seconds = time.perf_counter() - start
     net.hook.remove()  # the backbone is copied for fine-tuning later: without this hook
     n_maps = int(np.prod(shape))

@@ -45,7 +45,7 @@ def available_backbones(measure_speed: bool = True) -> list[Available]:
             backbone = create_backbone(spec, weights=weights).eval()
         except BackboneError:  # listed by a cache, yet does not load: then it is not available
             continue
-        size = backbone.data_config.input_size
+        size = backbone.preprocessing.input_size
         found.append(Available(
             spec if weights in (None, "DEFAULT") else f"{spec}@{weights}",
             sum(p.numel() for p in backbone.parameters()) / 1e6, size, top1,

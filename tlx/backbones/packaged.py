@@ -20,7 +20,8 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import Tensor
 
-from tlx.backbones.base import Backbone, DataConfig
+from tlx.backbones.base import Backbone
+from tlx.preprocessing import Preprocessing
 from tlx.backbones.registry import register_offline, register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
 from tlx.errors import WeightsUnavailableError
@@ -97,5 +98,5 @@ def create_packaged_backbone(
             weight, bias = state["classifier.weight"], state.get("classifier.bias")
             source_classifier = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             source_classifier.load_state_dict({"weight": weight, **({"bias": bias} if bias is not None else {})})
-    data_config = DataConfig.from_timm(resolve_model_data_config(model))
-    return Backbone(model, model.num_features, data_config, name=f"tlx:{name}", source_classifier=source_classifier)
+    preprocessing = Preprocessing.from_timm(resolve_model_data_config(model))
+    return Backbone(model, model.num_features, preprocessing, name=f"tlx:{name}", source_classifier=source_classifier)

@@ -21,12 +21,13 @@ from typing import Any
 
 from tlx.backbones import Backbone, create_backbone
 from tlx.data.datasets import LabelledImages
-from tlx.data.folders import Sample, files_digest
+from tlx.data.folders import Sample
 from tlx.data.transforms import eval_transform
 from tlx.errors import BackboneError, TLXError
-from tlx.speed.feature_cache import cache_key, weights_digest
+from tlx.features import extract_features
+from tlx.features.extract import dataset_key
 from tlx.transferability.base import get_metric
-from tlx.transferability.extract import ScoringNetwork, cache_file, extract_features
+from tlx.transferability.extract import ScoringNetwork
 
 log = logging.getLogger("tlx")
 
@@ -84,15 +85,14 @@ def score_backbone(
 ) -> BackboneScores:
     """Extract ``samples`` once through ``network`` (its own preprocessing) and compute ``metrics``."""
     backbone = network.backbone
-    cfg = backbone.data_config
+    cfg = backbone.preprocessing
     dataset = LabelledImages(samples, eval_transform(cfg), cfg.resize_size if fast_decode else None)
-    prep = {"data_config": cfg.to_dict(), "fast_decode": fast_decode, "precision": str(precision),
-            "layer": network.layer, "source_classes": network.source_classes}
-    key = cache_key(weights_digest(network), prep, files_digest(samples))
+    # The weights digest covers backbone and source classifier; which layer is read is not a weight.
+    key = {**dataset_key(dataset), "layer": network.layer, "source_classes": network.source_classes}
     start = time.perf_counter()
-    cached = (file := cache_file(cache_dir, key)) is not None and file.is_file()
+    stats: dict[str, Any] = {}
     output, labels = extract_features(network, dataset, batch_size=batch_size, num_workers=num_workers,
-                                      precision=precision, cache_dir=cache_dir, cache_key=key)
+                                      precision=precision, cache_dir=cache_dir, cache_key=key, stats=stats)
     features, source_probs = network.split(output)
     scores: dict[str, float | None] = {}
     notes, skipped = [], []
@@ -109,7 +109,7 @@ def score_backbone(
     if skipped:
         notes.append(f"{', '.join(skipped)} skipped: these weights carry no source (ImageNet) classifier")
     return BackboneScores(backbone.name, features.shape[1], len(labels), time.perf_counter() - start, scores, notes,
-                          "disk" if cached else "computed")
+                          stats["status"])
 
 
 def sort_key(row: BackboneScores, metric: str) -> tuple[bool, float]:
