@@ -197,3 +197,66 @@ def test_non_ascii_class_names_survive(tmp_path):
     dm = ImageFolderDataModule(root=str(root), val_split=0.5)
     assert dm.class_names == ["chat noir", "犬"]
     assert len(dm.samples("train")) == 2
+
+
+# ---- issue 19: data folders -------------------------------------------------------------------
+def test_symlink_loop_in_a_class_folder_is_skipped_and_named(tiny_folder, caplog):
+    cat = tiny_folder / "train" / "cat"
+    (cat / "loop").symlink_to(cat)  # a folder link back to its parent
+    (cat / "self.png").symlink_to(cat / "self.png")  # a link to itself
+    (cat / "gone.png").symlink_to(cat / "deleted.png")  # dangling
+    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["data_config"])
+    with caplog.at_level(logging.WARNING, logger="tlx"):
+        assert len(dm.samples("train")) == 16
+    assert (f"{tiny_folder / 'train'}: skipped 3 entr(ies) that are not usable files: {cat / 'gone.png'} "
+            f"(dangling symlink); {cat / 'loop'} (symlink loop: a folder already visited); "
+            f"{cat / 'self.png'} (symlink loop)") in caplog.text
+
+
+def test_symlink_loop_as_a_class_folder(tiny_folder, tmp_path, capsys):
+    (tiny_folder / "train" / "knot").symlink_to(tiny_folder / "train" / "knot")
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs"), capsys)
+    assert msg == (f"tlx: error: train folder '{tiny_folder / 'train'}': entr(ies) 'knot' (symlink loop) cannot be "
+                   "read: fix or remove them.")
+
+
+def test_symlinked_sub_folder_inside_a_class_is_followed(tiny_folder):
+    extra = make_imagefolder(tiny_folder.parent / "extra", classes=("cat",), n_train=3, n_val=0)
+    (tiny_folder / "train" / "cat" / "more").symlink_to(extra / "train" / "cat")
+    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["data_config"])
+    assert sum(label == 0 for _, label in dm.samples("train")) == 8 + 3
+
+
+def _unreadable(monkeypatch, folder):
+    """Root bypasses permissions: make os.scandir refuse ``folder`` as chmod 000 would."""
+    import os as _os
+
+    real = _os.scandir
+
+    def scandir(path="."):
+        if str(path) == str(folder):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(_os, "scandir", scandir)
+
+
+def test_unreadable_train_folder(tiny_folder, tmp_path, capsys, monkeypatch):
+    _unreadable(monkeypatch, tiny_folder / "train")
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs"), capsys)
+    assert msg == (f"tlx: error: train folder '{tiny_folder / 'train'}' is unreadable (permission denied): "
+                   "check its permissions.")
+
+
+def test_unreadable_class_folder_is_called_unreadable(tiny_folder, tmp_path, capsys, monkeypatch):
+    _unreadable(monkeypatch, tiny_folder / "train" / "dog")
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs"), capsys)
+    assert msg == (f"tlx: error: train folder '{tiny_folder / 'train'}': 1 folder(s) unreadable: "
+                   f"'{tiny_folder / 'train' / 'dog'}' (permission denied). Fix their permissions or remove them.")
+
+
+def test_one_class_folder(tmp_path, capsys):
+    root = make_imagefolder(tmp_path / "data", classes=("cat",))
+    msg = run_main(tiny_fit_args(root, tmp_path / "runs"), capsys)
+    assert msg == (f"tlx: error: train folder '{root / 'train'}' holds one class folder ('cat'): classification "
+                   "needs at least two classes (one folder per class).")
