@@ -260,3 +260,37 @@ def test_one_class_folder(tmp_path, capsys):
     msg = run_main(tiny_fit_args(root, tmp_path / "runs"), capsys)
     assert msg == (f"tlx: error: train folder '{root / 'train'}' holds one class folder ('cat'): classification "
                    "needs at least two classes (one folder per class).")
+
+
+# ---- issue 19: visualisations -----------------------------------------------------------------
+def test_dollar_in_a_class_name_is_drawn_as_text_and_training_saves(tmp_path):
+    root = tmp_path / "data"
+    for i in range(6):
+        write_image(root / "price_$5" / f"a{i}.png", COLOURS["cat"], seed=i)
+        write_image(root / "$x^2$ {bad" / f"b{i}.png", COLOURS["dog"], seed=10 + i)
+    gallery = "--trainer.callbacks+=tlx.callbacks.PredictionGallery"
+    from tests.helpers import run_cli
+
+    run_cli(tiny_fit_args(root, tmp_path / "runs", extra=[gallery]))
+    assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    from tlx.metrics import confusion_figure
+    from tlx.visuals import figure_to_array, image_grid_figure
+
+    figure_to_array(confusion_figure(torch.eye(2), ["price_$5", "$x^2$ {bad"]))  # drawn, not parsed
+    figure_to_array(image_grid_figure(torch.zeros(1, 3, 8, 8), ["price_$5 $\\frac{"]))
+
+
+def test_a_failing_figure_is_a_warning_not_a_lost_run(tiny_folder, tmp_path, monkeypatch, caplog):
+    import tlx.models.classifier as classifier
+
+    def broken(*a, **k):
+        raise ValueError("mathtext: Expected end of text")
+
+    monkeypatch.setattr(classifier, "confusion_figure", broken)
+    from tests.helpers import run_cli
+
+    with caplog.at_level(logging.WARNING, logger="tlx"):
+        run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs"))
+    assert ("Could not draw val/confusion_matrix (ValueError: mathtext: Expected end of text); training goes on "
+            "without it.") in caplog.text
+    assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt").is_file()

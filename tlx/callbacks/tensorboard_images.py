@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from tlx.backbones.base import DataConfig
+from tlx.visuals import never_fatal
 
 
 def tensorboard_writers(trainer: Trainer) -> list[Any]:
@@ -92,7 +93,8 @@ class ValidationImages(Callback):
             self._draw(trainer, pl_module)
 
     def _draw(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        fig = self.render(trainer, pl_module)
-        if fig is not None:
-            add_figure(trainer, self.tag, fig, self._collected_epoch)
+        with never_fatal(self.tag):
+            fig = self.render(trainer, pl_module)
+            if fig is not None:
+                add_figure(trainer, self.tag, fig, self._collected_epoch)
         self._drawn_epoch = self._collected_epoch

@@ -21,6 +21,7 @@ from tlx.errors import DataError, TLXError
 from tlx.finetuning.base import fit_scheduler_to_groups, optimizer_param_groups, scale_group_lrs
 from tlx.heads import HeadFactory, LinearHead
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
+from tlx.visuals import never_fatal
 
 log = logging.getLogger("tlx")
 
@@ -197,8 +198,9 @@ class ImageClassifier(LightningModule):
             return
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                fig = confusion_figure(values["confusion"], self.class_names)
-                logger.experiment.add_figure(f"{stage}/confusion_matrix", fig, self.current_epoch)
+                with never_fatal(f"{stage}/confusion_matrix"):
+                    fig = confusion_figure(values["confusion"], self.class_names)
+                    logger.experiment.add_figure(f"{stage}/confusion_matrix", fig, self.current_epoch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_details("val")
