@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -294,3 +295,82 @@ def test_a_failing_figure_is_a_warning_not_a_lost_run(tiny_folder, tmp_path, mon
     assert ("Could not draw val/confusion_matrix (ValueError: mathtext: Expected end of text); training goes on "
             "without it.") in caplog.text
     assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt").is_file()
+
+
+# ---- issue 19: checkpoints --------------------------------------------------------------------
+def test_random_bytes_as_a_checkpoint(tiny_folder, tmp_path, capsys):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(np.random.default_rng(0).bytes(2000))
+    msg = run_main([*tiny_fit_args(tiny_folder, tmp_path / "runs"), f"--ckpt_path={junk}"], capsys)
+    assert msg == (f"tlx: error: '{junk}' is not a checkpoint (not a file written by torch.save); give a .ckpt file "
+                   "written by tlx (e.g. best.ckpt or last.ckpt).")
+
+
+def test_pickle_payload_message_never_suggests_weights_only_false(tiny_folder, tmp_path, capsys):
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Payload()}}, evil)
+    msg = run_main([*tiny_fit_args(tiny_folder, tmp_path / "runs"), f"--ckpt_path={evil}"], capsys)
+    assert msg.endswith("re-save them as plain state. The file names 'print'.")
+    assert "weights_only" not in msg and "allowlist" not in msg
+
+
+def test_disk_full_while_writing_a_checkpoint(tiny_folder, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import tlx.checkpointing as checkpointing
+
+    def full(obj, f):
+        f.write(b"PK\x03\x04 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full)
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs"), capsys)
+    ckpt_dir = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints"
+    assert msg == (f"tlx: error: no space left on device while writing {ckpt_dir / 'best.ckpt'}; the previous "
+                   "checkpoint is intact; free space and resume with --ckpt_path last")
+    assert list(ckpt_dir.iterdir()) == []  # no partial file left behind
+
+
+def test_checkpoints_keep_the_umask_mode(tmp_path):
+    import os
+
+    from tlx.checkpointing import atomic_torch_save
+
+    old = os.umask(0o022)
+    try:
+        atomic_torch_save({"w": torch.ones(1)}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
+
+
+def test_cleanup_removes_only_dead_writers_temp_files(tmp_path):
+    import socket
+    import subprocess
+
+    from tlx.checkpointing import PARTIAL_PREFIX, SafeCheckpointIO
+
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = tmp_path / f"{PARTIAL_PREFIX}{host}-{os.getppid()}-abc.tmp"  # another run, writing now
+    gone = tmp_path / f"{PARTIAL_PREFIX}{host}-{dead.pid}-abc.tmp"  # a run killed mid-write
+    for p in (live, gone):
+        p.write_bytes(b"PK")
+    SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1)}}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "last.ckpt"])
+
+
+def test_a_checkpoint_with_non_finite_buffers_is_never_written(tmp_path, capsys):
+    from tlx.checkpointing import SafeCheckpointIO
+
+    io = SafeCheckpointIO()
+    io.save_checkpoint({"state_dict": {"bn.running_var": torch.ones(2)}}, tmp_path / "last.ckpt")
+    state = {"conv.weight": torch.ones(2), "bn.running_var": torch.tensor([1.0, float("inf")])}
+    with pytest.raises(Exception) as info:
+        io.save_checkpoint({"state_dict": state}, tmp_path / "last.ckpt")
+    assert str(info.value) == (
+        f"Refusing to write checkpoint '{tmp_path / 'last.ckpt'}': 1 tensor(s) of the model are not finite "
+        "(e.g. bn.running_var): training diverged. The previous checkpoint is kept. Common fixes: a lower learning "
+        "rate (model.init_args.optimizer.init_args.lr), gradient clipping (trainer.gradient_clip_val).")
+    assert torch.equal(io.load_checkpoint(tmp_path / "last.ckpt")["state_dict"]["bn.running_var"], torch.ones(2))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from tlx.checkpoint_guards import file_mode, is_leftover, no_space_error, refuse_non_finite, temp_prefix
 from tlx.errors import TLXError
 
 log = logging.getLogger("tlx")
@@ -39,15 +41,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(PARTIAL_PREFIX), suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # the umask's mode, as any other file of the run (not mkstemp's 0600)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if (full := no_space_error(path, e)) is not None:
+            raise full from None
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
 
@@ -66,8 +71,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def remove_partial_files(folder: str | Path) -> list[Path]:
-    """Delete temporary files left by a process killed mid-write; return them."""
-    stale = sorted(Path(folder).glob(f"{PARTIAL_PREFIX}*.tmp"))
+    """Delete temporary files left by a process killed mid-write (never another live run's); return them."""
+    stale = sorted(p for p in Path(folder).glob(f"{PARTIAL_PREFIX}*.tmp") if is_leftover(p, PARTIAL_PREFIX))
     for p in stale:
         p.unlink(missing_ok=True)
     if stale:
@@ -87,18 +92,38 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
 
 
 def load_error(path: str | Path, e: Exception) -> CheckpointError:
-    """The message for a checkpoint that ``torch.load(weights_only=True)`` failed on."""
-    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if isinstance(e, pickle.UnpicklingError):
+    """The message for a checkpoint that ``torch.load(weights_only=True)`` failed on.
+
+    torch's own text suggests retrying with ``weights_only=False``: that would run whatever the file
+    carries, so only the reason is passed on, never that hint."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in text:
+        found = re.search(r"GLOBAL (\S+)", text)  # torch's hint to allowlist it is not passed on either
         return CheckpointError(
             f"Refusing to load checkpoint {str(path)!r}: it carries pickled Python objects, which could run "
             "code when loaded. tlx checkpoints hold only tensors and plain data; load files only from sources "
-            f"you trust, and re-save them as plain state. Details: {first_line}"
+            f"you trust, and re-save them as plain state. The file names {found.group(1) if found else 'an object'!r}."
         )
-    return CheckpointError(  # truncated, not a torch file, ...
+    if isinstance(e, pickle.UnpicklingError) or not _starts_like_zip(path):
+        return CheckpointError(
+            f"{str(path)!r} is not a checkpoint (not a file written by torch.save); give a .ckpt file written by "
+            "tlx (e.g. best.ckpt or last.ckpt)."
+        )
+    first_line = text.splitlines()[0] if text else type(e).__name__
+    return CheckpointError(  # truncated, ...
         f"Could not read checkpoint {str(path)!r} ({type(e).__name__}: {first_line}). "
         "The file may be truncated or not a checkpoint; use another one (e.g. best.ckpt or last.ckpt)."
     )
+
+
+def _starts_like_zip(path: str | Path) -> bool:
+    """torch.save writes a zip archive: a file that does not even start like one is something else
+    (a truncated checkpoint still does)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -115,6 +140,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if folder not in self._cleaned and folder.is_dir():
             remove_partial_files(folder)
         self._cleaned.add(folder)
+        refuse_non_finite(checkpoint, path)
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
