@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Callback
 from PIL import Image
 
 from tests.conftest import COLOURS, TINY_MODEL, make_imagefolder, write_image
@@ -374,3 +375,37 @@ def test_a_checkpoint_with_non_finite_buffers_is_never_written(tmp_path, capsys)
         "(e.g. bn.running_var): training diverged. The previous checkpoint is kept. Common fixes: a lower learning "
         "rate (model.init_args.optimizer.init_args.lr), gradient clipping (trainer.gradient_clip_val).")
     assert torch.equal(io.load_checkpoint(tmp_path / "last.ckpt")["state_dict"]["bn.running_var"], torch.ones(2))
+
+
+class PoisonBuffer(Callback):
+    """What lr=1e6 does to BatchNorm: the running variance overflows while the loss stays finite."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1:
+            bn = next(m for m in pl_module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+
+
+def test_non_finite_buffers_stop_the_run_and_keep_the_last_good_checkpoint(tiny_folder, tmp_path, capsys):
+    poison = "--trainer.callbacks+=tests.test_safety_bad_inputs.PoisonBuffer"
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2, extra=[poison]), capsys)
+    ckpts = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints"
+    assert msg.startswith("tlx: error: 1 tensor(s) of the model became non-finite at epoch 1, global step 5 (e.g. ")
+    assert "running_var), although the loss was finite: training stopped and no checkpoint holding them is " in msg
+    assert f"The last good checkpoint, {ckpts / 'last.ckpt'}, is kept" in msg
+    for name in ("best.ckpt", "last.ckpt"):
+        state = torch.load(ckpts / name, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# ---- issue 19: lr_find --------------------------------------------------------------------------
+def test_lr_find_suggests_from_before_the_divergence():
+    from tlx.tuning import suggest_lr
+
+    lrs = list(np.geomspace(1e-5, 100, 40))
+    falling = list(np.linspace(0.36, 0.2, 20))
+    exploded = [15, 30, 9, 40, 8, 60, 5, 70, 4, 90, 3, 80, 2.5, 85, 2, 95, 1.5, 99, 1.2, 100]  # big falls in here
+    suggestion, _ = suggest_lr(lrs, falling + exploded)
+    assert suggestion is not None and suggestion <= lrs[19]  # never past the lowest loss
+    suggestion, why = suggest_lr(lrs, [0.36, 0.35, 15.0] + exploded + [1] * 17)
+    assert suggestion is None and why == "the loss did not fall over 40 batches before diverging at lr 1.5e-05; try a lower min_lr"
