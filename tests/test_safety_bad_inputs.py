@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -409,3 +410,107 @@ def test_lr_find_suggests_from_before_the_divergence():
     assert suggestion is not None and suggestion <= lrs[19]  # never past the lowest loss
     suggestion, why = suggest_lr(lrs, [0.36, 0.35, 15.0] + exploded + [1] * 17)
     assert suggestion is None and why == "the loss did not fall over 40 batches before diverging at lr 1.5e-05; try a lower min_lr"
+
+
+# ---- issue 19: the CLI's boundary -----------------------------------------------------------------
+def test_empty_yaml_names_the_file(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n\n")
+    msg = run_main(["fit", "--config", str(empty)], capsys)
+    assert msg == f"tlx: error: config file '{empty}' is empty: put the run's settings in it (see configs/) or drop --config."
+
+
+def test_default_root_dir_is_a_file(tiny_folder, tmp_path, capsys):
+    (tmp_path / "runs").write_text("a file")
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs"), capsys)
+    assert msg == f"tlx: error: trainer.default_root_dir '{tmp_path / 'runs'}' is a file, not a folder: choose a folder."
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs" / "sub"), capsys)
+    assert msg == (f"tlx: error: trainer.default_root_dir '{tmp_path / 'runs' / 'sub'}' is a file, not a folder: "
+                   f"'{tmp_path / 'runs'}' is a file: choose a folder.")
+
+
+def test_default_root_dir_not_writable(tiny_folder, tmp_path, capsys, monkeypatch):
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path / "ro") else real(p, mode))
+    (tmp_path / "ro").mkdir()
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "ro" / "runs"), capsys)
+    assert msg == (f"tlx: error: trainer.default_root_dir '{tmp_path / 'ro' / 'runs'}' is not writable: choose a folder "
+                   "you can write to (or fix its permissions).")
+
+
+def test_ckpt_path_is_a_folder(tiny_folder, tmp_path, capsys):
+    from tests.helpers import run_cli
+
+    run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs"))
+    folder = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints"
+    args = ["predict" if a == "fit" else a for a in tiny_fit_args(tiny_folder, tmp_path / "runs")]
+    msg = run_main([*args, f"--ckpt_path={folder}"], capsys)
+    assert msg == f"tlx: error: --ckpt_path '{folder}' is a folder: give a checkpoint file, e.g. {folder / 'last.ckpt'}."
+
+
+def test_ckpt_path_last_with_another_backbone_is_refused(tiny_folder, tmp_path, capsys):
+    from tests.helpers import run_cli
+
+    run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs"))
+    last = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    args = [a.replace("timm:test_efficientnet", "timm:test_resnet") for a in tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2)]
+    msg = run_main([*args, "--ckpt_path=last"], capsys)
+    assert msg == (f"tlx: error: --ckpt_path {last}: the checkpoint was trained with backbone 'timm:test_efficientnet' "
+                   "(the command asks for 'timm:test_resnet'). Use the checkpoint's settings, or start a new run "
+                   "(another trainer.default_root_dir) for the new ones.")
+    size = json.dumps({**TINY_MODEL["data_config"], "input_size": 48})
+    msg = run_main([*tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2),
+                    f"--model.init_args.data_config={size}", "--ckpt_path=last"], capsys)
+    assert msg.endswith("trained with input_size 32 (the command asks for 48). Use the checkpoint's settings, or start "
+                        "a new run (another trainer.default_root_dir) for the new ones.")
+    assert last.read_bytes() == before
+
+
+def test_two_fits_started_together_get_their_own_version_folders(tiny_folder, tmp_path):
+    from tlx.cli_checks import claim_version
+
+    logs = tmp_path / "runs" / "lightning_logs"
+    (logs / "version_0").mkdir(parents=True)  # what the other run created a moment ago
+    assert claim_version(logs) == 1 and claim_version(logs) == 2
+    from tests.helpers import run_cli
+
+    run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs"))
+    assert (logs / "version_3" / "checkpoints" / "last.ckpt").is_file()
+    assert not any(any((logs / f"version_{i}").iterdir()) for i in (1, 2))
+
+
+def test_two_fits_run_at_once_into_one_folder_both_finish(tiny_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    args = tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2, extra=["--trainer.enable_model_summary=false"])
+    procs = [subprocess.Popen([sys.executable, "-m", "tlx", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    logs = tmp_path / "runs" / "lightning_logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["version_0", "version_1"]
+    for v in logs.iterdir():
+        assert {p.name for p in (v / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+        assert (v / "config.yaml").is_file()
+
+
+def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_file(tiny_folder, tmp_path, capsys, monkeypatch):
+    import tlx.models.classifier as classifier
+
+    def boom(*a, **k):
+        raise RuntimeError("something nobody planned for\nsecond line")
+
+    monkeypatch.setattr(classifier.ImageClassifier, "configure_optimizers", boom)
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_fit_args(tiny_folder, tmp_path / "runs"))
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("tlx: error: RuntimeError: something nobody planned for (an error tlx does not explain "
+                           "yet; the full traceback is in ")
+    trace = line.split("the full traceback is in ")[1].split(";")[0]
+    assert "in configure_optimizers" not in line and "boom" in open(trace).read()
+    os.remove(trace)
