@@ -514,3 +514,140 @@ def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_file(tiny_folde
     trace = line.split("the full traceback is in ")[1].split(";")[0]
     assert "in configure_optimizers" not in line and "boom" in open(trace).read()
     os.remove(trace)
+
+
+def test_sigint_saves_like_sigterm(tiny_folder, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    runs = tmp_path / "runs"
+    last = runs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    args = tiny_fit_args(tiny_folder, runs, epochs=1000, extra=["--trainer.enable_model_summary=false"])
+    proc = subprocess.Popen([sys.executable, "-m", "tlx", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 200
+        while not last.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert f"SIGINT received: saved {last}; resume with --ckpt_path last." in err
+    assert err.strip().splitlines()[-1] == "tlx: stopped by SIGINT after saving a checkpoint; resume with --ckpt_path last."
+    assert torch.load(last, weights_only=True)["global_step"] > 4  # newer than the first validation's save
+
+
+# ---- issue 19: predict, export and files that change ------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from tests.helpers import run_cli
+
+    tmp = tmp_path_factory.mktemp("trained")
+    root = make_imagefolder(tmp / "data", n_train=4, n_val=2)
+    run_cli(tiny_fit_args(root, tmp / "runs", extra=["--trainer.logger=false"]))
+    return root, next((tmp / "runs").rglob("best.ckpt"))
+
+
+def predict_args(ckpt, *extra):
+    return ["predict", f"--ckpt_path={ckpt}", "--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false",
+            *extra]
+
+
+def test_predict_skips_and_names_a_corrupt_image(trained, tmp_path, caplog):
+    from tests.helpers import run_cli
+
+    _, ckpt = trained
+    folder = tmp_path / "todo"
+    write_image(folder / "good.png", COLOURS["cat"])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "p.csv"
+    with caplog.at_level(logging.WARNING, logger="tlx"):
+        run_cli(predict_args(ckpt, f"--data.init_args.predict_dir={folder}", f"--prediction_writer.output={out}"))
+    assert f"predict: skipped 2 unreadable image(s): {folder / 'corrupt.jpg'} (cannot identify image file" in caplog.text
+    assert f"{folder / 'empty.png'} (empty file (0 bytes))" in caplog.text
+    rows = out.read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(f"{folder / 'good.png'},")
+
+
+def test_predict_output_that_is_a_folder_is_refused_before_predicting(trained, tmp_path, capsys):
+    root, ckpt = trained
+    msg = run_main(predict_args(ckpt, f"--data.init_args.predict_dir={root / 'val'}",
+                                f"--prediction_writer.output={tmp_path}"), capsys)
+    assert msg == f"tlx: error: prediction_writer.output '{tmp_path}' is a folder: give a file path, e.g. {tmp_path / 'predictions.csv'}."
+
+
+def test_predict_files_naming_a_binary_file(trained, tmp_path, capsys):
+    _, ckpt = trained
+    archive = tmp_path / "images.zip"
+    archive.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xb7\xac\xce\x8c\xff\xfe")
+    msg = run_main(predict_args(ckpt, f"--data.init_args.predict_files={archive}"), capsys)
+    assert msg == (f"tlx: error: predict_files '{archive}' is not a text file of image paths (it is binary: a zip or "
+                   "an image with an unknown extension?); give one path per line.")
+
+
+def test_export_verify_images_with_a_bad_image(trained, tmp_path, caplog):
+    from tests.helpers import run_cli
+
+    root, ckpt = trained
+    folder = tmp_path / "verify"
+    write_image(folder / "a.png", COLOURS["cat"])
+    (folder / "b.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING, logger="tlx"):
+        run_cli(["export", f"--ckpt_path={ckpt}", "--format=torchscript", f"--output_dir={tmp_path / 'out'}",
+                 f"--verify_images={folder}", "--trainer.enable_progress_bar=false"])
+    assert f"verify_images '{folder}': skipped 1 unreadable image(s): {folder / 'b.png'} (cannot identify" in caplog.text
+    info = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert info["verification"]["images"] == [str(folder / "a.png")]
+
+
+def test_images_deleted_during_a_fit_are_skipped_and_counted(tiny_folder, caplog):
+    from tlx.data.datasets import LabelledImages
+    from tlx.data.transforms import eval_transform
+    from tlx.backbones import DataConfig
+
+    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["data_config"])
+    samples = dm.samples("train")
+    data = LabelledImages(samples, eval_transform(DataConfig.from_dict(TINY_MODEL["data_config"])))
+    os.remove(samples[3][0])  # a sync removed it after the check
+    with caplog.at_level(logging.WARNING, logger="tlx"):
+        images = [data[i] for i in range(len(data))]
+    assert len(images) == len(samples) and images[3][1] == samples[4][1]
+    assert (f"{samples[3][0]} cannot be read any more (FileNotFoundError: [Errno 2] No such file or directory: "
+            f"'{samples[3][0]}'); skipped, the next image takes its place (1 file(s) skipped so far in this process)."
+            ) in caplog.text
+
+
+class DeleteAfterCheck(Callback):
+    """A sync removing files after tlx checked them, while the run goes on."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        for path, _ in trainer.datamodule.samples("train")[:3]:
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def test_images_deleted_during_a_fit_do_not_end_it(tiny_folder, tmp_path):
+    from tests.helpers import run_cli
+
+    run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2,
+                          extra=["--trainer.callbacks+=tests.test_safety_bad_inputs.DeleteAfterCheck"]))
+    assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_one_pixel_high_strip_is_cropped_not_blown_up(tmp_path, caplog):
+    from tlx.data.images import load_rgb
+
+    Image.new("RGB", (12000, 1), (200, 40, 40)).save(tmp_path / "strip.png")
+    with caplog.at_level(logging.WARNING, logger="tlx"):
+        img = load_rgb(tmp_path / "strip.png")
+    assert img.size == (20, 1)
+    assert (f"{tmp_path / 'strip.png'} is 12000x1 px (more than 20:1): centre-cropped to 20:1 so that resizing it "
+            "stays bounded.") in caplog.text

@@ -138,6 +138,14 @@ def drop_unreadable(samples: Sequence[Sample], what: str) -> list[Sample]:
     return list(samples)
 
 
+def readable_paths(paths: Sequence[str], what: str) -> list[str]:
+    """The files of ``paths`` that decode (the others skipped and named, as for training)."""
+    kept = [p for p, _ in drop_unreadable([(p, 0) for p in paths], what)]
+    if not kept:
+        raise DataError(f"{what}: none of the {len(paths)} file(s) is a readable image (e.g. {paths[0]}).")
+    return kept
+
+
 def files_digest(samples: Sequence[tuple[str, Any]]) -> str:
     """sha256 of a file list: path, label, size and modification time of each file (a cache key:
     a changed, added or moved file changes it)."""

@@ -19,6 +19,7 @@ from tlx.data.folders import (
     check_same_classes,
     class_folders,
     drop_unreadable,
+    readable_paths,
     scan_class_folders,
     stratified_split,
 )
@@ -185,6 +186,8 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
                     raise DataError(f"predict_dir {str(folder)!r} holds no images (.jpg, .png, ...).")
             else:
                 self.predict_paths = [p for p, _ in self.samples("test")]
+            if self.hparams.verify_images:  # a bad file is skipped and named, not a lost predict run
+                self.predict_paths = readable_paths(self.predict_paths, "predict")
 
     @property
     def _min_short_side(self) -> int | None:
