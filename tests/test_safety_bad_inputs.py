@@ -651,3 +651,26 @@ def test_a_one_pixel_high_strip_is_cropped_not_blown_up(tmp_path, caplog):
     assert img.size == (20, 1)
     assert (f"{tmp_path / 'strip.png'} is 12000x1 px (more than 20:1): centre-cropped to 20:1 so that resizing it "
             "stays bounded.") in caplog.text
+
+
+# ---- issue 19: numeric options ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("data.init_args.batch_size", "0", "data.batch_size must be a positive integer, got 0."),
+        ("data.init_args.batch_size", "-4", "data.batch_size must be a positive integer, got -4."),
+        ("data.init_args.num_workers", "-1", "data.num_workers must be an integer >= 0 (0: load in the main process), got -1."),
+        ("data.init_args.crop_scale", "[2, 1]", "data.crop_scale must be two area fractions [min, max] with 0 < min <= max <= 1, got [2.0, 1.0]."),
+        ("data.init_args.hflip", "2", "data.hflip must be a probability in [0, 1], got 2.0."),
+        ("data.init_args.mixup_alpha", "-1", "data.mixup_alpha must be a number >= 0 (0: off), got -1.0."),
+        ("data.init_args.val_split", "1.5", "data.val_split must be a fraction between 0 and 1 (exclusive), got 1.5."),
+        ("model.init_args.label_smoothing", "2", "model.label_smoothing must be a number in [0, 1), got 2.0."),
+        ("model.init_args.data_config", json.dumps({**TINY_MODEL["data_config"], "input_size": 0}),
+         "model.data_config.input_size must be a positive number of pixels, got 0."),
+        ("data.init_args.preprocessing", json.dumps({**TINY_MODEL["data_config"], "std": [0.5, 0, 0.5]}),
+         "data.preprocessing.std must be three positive numbers (R, G, B), got [0.5, 0, 0.5]."),
+    ],
+)
+def test_numeric_options_out_of_range_are_named(tiny_folder, tmp_path, capsys, option, value, message):
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs", extra=[f"--{option}={value}"]), capsys)
+    assert msg == f"tlx: error: {message}"

@@ -23,6 +23,7 @@ from tlx.data.folders import (
     scan_class_folders,
     stratified_split,
 )
+from tlx.data.options import check_options
 from tlx.data.resumable import ResumableTrainData
 from tlx.data.sampling import eval_sampler
 from tlx.data.transforms import AutoAugment, batch_mixing, eval_transform, train_transform
@@ -98,6 +99,8 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_options(self.hparams, "data")
+        check_options(preprocessing or {}, "data.preprocessing")
         self.root = Path(root) if root else None
         self.data_config = DataConfig.from_dict(preprocessing) if preprocessing else None
         self._scans: dict[str, FolderScan] | None = None

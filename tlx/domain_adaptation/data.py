@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlx.backbones.base import DataConfig
 from tlx.data.datasets import LabelledImages, UnlabelledImages, image_files
 from tlx.data.folders import Sample, check_same_classes, class_folders, drop_unreadable, scan_class_folders, stratified_split
+from tlx.data.options import check_options
 from tlx.data.sampling import eval_sampler
 from tlx.data.transforms import AutoAugment, eval_transform, train_transform
 from tlx.errors import DataError
@@ -64,6 +65,8 @@ class DomainAdaptationDataModule(LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_options(self.hparams, "data")
+        check_options(preprocessing or {}, "data.preprocessing")
         self.data_config = DataConfig.from_dict(preprocessing) if preprocessing else None
         self._target: list[Sample] | None = None  # labels -1 when the target has none
         self._splits: dict[str, list[Sample]] | None = None  # source, target, val, test; set by _scan

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from tlx.backbones import DataConfig, create_backbone
+from tlx.data.options import check_options
 from tlx.errors import DataError, TLXError
 from tlx.finetuning.base import fit_scheduler_to_groups, optimizer_param_groups, scale_group_lrs
 from tlx.heads import HeadFactory, LinearHead
@@ -86,6 +87,8 @@ class ImageClassifier(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_options({"label_smoothing": label_smoothing}, "model")
+        check_options(data_config or {}, "model.data_config")
         for key in ("head", "optimizer", "lr_scheduler"):
             self.hparams[key] = _plain(self.hparams.get(key))
         self.backbone = create_backbone(backbone, weights=weights, weights_path=weights_path, **(backbone_kwargs or {}))
