@@ -674,3 +674,52 @@ def test_a_one_pixel_high_strip_is_cropped_not_blown_up(tmp_path, caplog):
 def test_numeric_options_out_of_range_are_named(tiny_folder, tmp_path, capsys, option, value, message):
     msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs", extra=[f"--{option}={value}"]), capsys)
     assert msg == f"tlx: error: {message}"
+
+
+# ---- issue 19: backbone weights ----------------------------------------------------------------------
+def test_torchvision_corrupt_cache_file_is_named(tmp_path, monkeypatch):
+    from tlx.backbones import create_backbone
+    from tlx.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_backbone("torchvision:resnet18", weights="IMAGENET1K_V1")
+    assert str(err.value) == (f"The cached torchvision weights {cached} are corrupt or incomplete (UnpicklingError): "
+                              "delete the file and run again (it is downloaded anew), or put a good copy there.")
+
+
+def test_torchvision_download_that_cannot_start_fails_fast(tmp_path, monkeypatch):
+    import socket
+
+    from tlx.backbones import create_backbone
+    from tlx.backbones.torchvision_models import DOWNLOAD_TIMEOUT_S
+    from tlx.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    seen = []
+
+    def dropped(request, *a, **k):  # what a silently dropping network does once a timeout is set
+        seen.append(socket.getdefaulttimeout())
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(torch.hub, "urlopen", dropped)
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_backbone("torchvision:resnet18", weights="IMAGENET1K_V1")
+    assert seen == [DOWNLOAD_TIMEOUT_S] and socket.getdefaulttimeout() is None
+    assert str(err.value).startswith("Could not download torchvision weights ResNet18_Weights.IMAGENET1K_V1 for "
+                                     "'resnet18' (timed out). Offline, put the file at ")
+
+
+def test_timm_weights_with_pickled_objects_via_backbone_kwargs(tiny_folder, tmp_path, capsys):
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv_stem.weight": Payload()}, evil)
+    overlay = json.dumps({"pretrained_cfg_overlay": {"file": str(evil)}})
+    args = [a for a in tiny_fit_args(tiny_folder, tmp_path / "runs") if "weights=null" not in a]
+    msg = run_main([*args, f"--model.init_args.backbone_kwargs={overlay}"], capsys)
+    assert msg == ("tlx: error: Refusing the weights file for timm:test_efficientnet: it carries pickled Python objects "
+                   "(builtins.print), which could run code when loaded. Save plain weights with "
+                   "torch.save(model.state_dict(), path) and give them as model.weights_path.")
+    assert "this would have run" not in capsys.readouterr().out
