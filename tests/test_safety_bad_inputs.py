@@ -723,3 +723,54 @@ def test_timm_weights_with_pickled_objects_via_backbone_kwargs(tiny_folder, tmp_
                    "(builtins.print), which could run code when loaded. Save plain weights with "
                    "torch.save(model.state_dict(), path) and give them as model.weights_path.")
     assert "this would have run" not in capsys.readouterr().out
+
+
+# ---- own adversarial pass -------------------------------------------------------------------------------
+def test_a_fifo_in_a_class_folder_is_skipped_not_opened(tiny_folder, caplog):
+    fifo = tiny_folder / "train" / "cat" / "pipe.png"
+    os.mkfifo(fifo)  # opening it would block forever
+    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["data_config"])
+    with caplog.at_level(logging.WARNING, logger="tlx"):
+        assert len(dm.samples("train")) == 16
+    assert f"skipped 1 entr(ies) that are not usable files: {fifo} (not a regular file)" in caplog.text
+
+
+def test_empty_checkpoint_file(tiny_folder, tmp_path, capsys):
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    msg = run_main([*tiny_fit_args(tiny_folder, tmp_path / "runs"), f"--ckpt_path={tmp_path / 'empty.ckpt'}"], capsys)
+    assert msg == f"tlx: error: Checkpoint '{tmp_path / 'empty.ckpt'}' is empty (0 bytes): use another one (e.g. best.ckpt or last.ckpt)."
+
+
+def test_plain_weights_file_given_as_ckpt_path(tiny_folder, tmp_path, capsys):
+    weights = tmp_path / "weights.pth"
+    torch.save({"conv_stem.weight": torch.zeros(1)}, weights)
+    msg = run_main([*tiny_fit_args(tiny_folder, tmp_path / "runs"), f"--ckpt_path={weights}"], capsys)
+    assert msg == (f"tlx: error: '{weights}' is not a training checkpoint (it has no 'state_dict': a plain weights "
+                   "file?). To start from such weights, give them as model.init_args.weights_path instead of --ckpt_path.")
+
+
+def test_disk_full_outside_a_checkpoint_write(tiny_folder, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from tlx.cli import SaveRunInfo
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "run.json")
+
+    monkeypatch.setattr(SaveRunInfo, "save_config", full)
+    msg = run_main(tiny_fit_args(tiny_folder, tmp_path / "runs"), capsys)
+    assert msg == ("tlx: error: no space left on device while writing run.json; free space and run again "
+                   "(checkpoints already written are intact).")
+
+
+def test_garbage_exif_is_checked_like_loading_handles_it(tmp_path):
+    from tlx.data.images import check_image, load_rgb
+
+    path = write_image(tmp_path / "a.jpg", COLOURS["cat"])
+    data = path.read_bytes()
+    # an APP1 "Exif" segment whose TIFF header is garbage, right after the SOI marker
+    bad = data[:2] + b"\xff\xe1\x00\x10Exif\x00\x00XXXXXXXX" + data[2:]
+    (tmp_path / "b.jpg").write_bytes(bad)
+    # the check parses the EXIF as loading does (exif_transpose): both accept this file, so it trains
+    assert check_image(tmp_path / "b.jpg") is None
+    assert load_rgb(tmp_path / "b.jpg").size == (40, 40)

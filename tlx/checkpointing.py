@@ -104,6 +104,8 @@ def load_error(path: str | Path, e: Exception) -> CheckpointError:
             "code when loaded. tlx checkpoints hold only tensors and plain data; load files only from sources "
             f"you trust, and re-save them as plain state. The file names {found.group(1) if found else 'an object'!r}."
         )
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return CheckpointError(f"Checkpoint {str(path)!r} is empty (0 bytes): use another one (e.g. best.ckpt or last.ckpt).")
     if isinstance(e, pickle.UnpicklingError) or not _starts_like_zip(path):
         return CheckpointError(
             f"{str(path)!r} is not a checkpoint (not a file written by torch.save); give a .ckpt file written by "
@@ -145,4 +147,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         # map_location=None: Lightning moves the restored tensors itself; keep them where they were saved.
-        return safe_torch_load(path, map_location=map_location or (lambda storage, loc: storage))
+        checkpoint = safe_torch_load(path, map_location=map_location or (lambda storage, loc: storage))
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:  # e.g. a plain weights file
+            raise CheckpointError(
+                f"{str(path)!r} is not a training checkpoint (it has no 'state_dict': a plain weights file?). To start "
+                "from such weights, give them as model.init_args.weights_path instead of --ckpt_path."
+            )
+        return checkpoint

@@ -20,6 +20,7 @@ from tlx.callbacks import PredictionWriter
 from tlx.callbacks.finite_loss import StopOnNonFinite
 from tlx.callbacks.last_checkpoint import LastCheckpoint, received_signal, signal_exit_code
 from tlx.callbacks.random_state import RandomState
+from tlx.checkpoint_guards import NO_SPACE_ERRNOS
 from tlx.checkpointing import SafeCheckpointIO, load_error
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
@@ -181,6 +182,10 @@ def main(args: list[str] | None = None) -> None:
             sys.exit(2)
         if os.environ.get("TLX_TRACEBACK") == "1":
             raise
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:  # config.yaml, predictions.csv, logs, ...
+            print(f"tlx: error: no space left on device while writing {e.filename or 'a file'}; free space and run "
+                  "again (checkpoints already written are intact).", file=sys.stderr)
+            sys.exit(2)
         print(cli_checks.report_unexpected(e), file=sys.stderr)  # one line; the traceback goes to a file
         sys.exit(1)
     except SIGTERMException:

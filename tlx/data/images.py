@@ -89,6 +89,7 @@ def check_image(path: str | Path) -> str | None:
                 if img.format == "JPEG":
                     img.draft("RGB", (32, 32))  # full decode, at 1/8 scale: finds truncation cheaply
                 img.load()
+                img.getexif()  # what load_rgb's exif_transpose parses: a broken EXIF block fails here, not mid-epoch
     except Image.DecompressionBombError as e:
         return f"too large: {e} Downscale the file."
     except Exception as e:  # UnidentifiedImageError, truncated data, OS errors

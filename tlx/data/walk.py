@@ -59,8 +59,10 @@ def walk_files(folder: str | Path) -> Walk:
                 visit(path)
             elif is_file:
                 out.files.append(path)
-            elif entry.is_symlink():
+            elif entry.is_symlink() and not path.exists():
                 out.skipped.append((str(path), "dangling symlink"))
+            else:  # a FIFO, socket or device: opening one could block forever
+                out.skipped.append((str(path), "not a regular file"))
 
     visit(Path(folder))
     out.files.sort()
