@@ -17,6 +17,7 @@ from tests.test_cli_smoke import tiny_fit_args
 from tlx.cli import main
 from tlx.data import ImageFolderDataModule
 from tlx.data.images import check_image, load_rgb
+from tests.test_visuals_cli import tiny_ckpt  # noqa: F401  (a fixture: a trained tiny checkpoint)
 
 
 def run_main(args, capsys) -> str:
@@ -518,52 +519,29 @@ def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_file(tiny_folde
 
 def test_sigint_saves_like_sigterm(tiny_folder, tmp_path):
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from tests.conftest import REPO
+    from tests.helpers import signal_once_saved
 
     runs = tmp_path / "runs"
     last = runs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     args = tiny_fit_args(tiny_folder, runs, epochs=1000, extra=["--trainer.enable_model_summary=false"])
-    proc = subprocess.Popen([sys.executable, "-m", "tlx", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 200
-        while not last.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130
+    returncode, err = signal_once_saved(args, last, signal.SIGINT)
+    assert returncode == 130
     assert f"SIGINT received: saved {last}; resume with --ckpt_path last." in err
     assert err.strip().splitlines()[-1] == "tlx: stopped by SIGINT after saving a checkpoint; resume with --ckpt_path last."
     assert torch.load(last, weights_only=True)["global_step"] > 4  # newer than the first validation's save
 
 
 # ---- issue 19: predict, export and files that change ------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from tests.helpers import run_cli
-
-    tmp = tmp_path_factory.mktemp("trained")
-    root = make_imagefolder(tmp / "data", n_train=4, n_val=2)
-    run_cli(tiny_fit_args(root, tmp / "runs", extra=["--trainer.logger=false"]))
-    return root, next((tmp / "runs").rglob("best.ckpt"))
-
-
 def predict_args(ckpt, *extra):
     return ["predict", f"--ckpt_path={ckpt}", "--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false",
             *extra]
 
 
-def test_predict_skips_and_names_a_corrupt_image(trained, tmp_path, caplog):
+def test_predict_skips_and_names_a_corrupt_image(tiny_ckpt, tmp_path, caplog):
     from tests.helpers import run_cli
 
-    _, ckpt = trained
+    _, ckpt = tiny_ckpt
     folder = tmp_path / "todo"
     write_image(folder / "good.png", COLOURS["cat"])
     (folder / "empty.png").write_bytes(b"")
@@ -577,15 +555,15 @@ def test_predict_skips_and_names_a_corrupt_image(trained, tmp_path, caplog):
     assert len(rows) == 2 and rows[1].startswith(f"{folder / 'good.png'},")
 
 
-def test_predict_output_that_is_a_folder_is_refused_before_predicting(trained, tmp_path, capsys):
-    root, ckpt = trained
+def test_predict_output_that_is_a_folder_is_refused_before_predicting(tiny_ckpt, tmp_path, capsys):
+    root, ckpt = tiny_ckpt
     msg = run_main(predict_args(ckpt, f"--data.init_args.predict_dir={root / 'val'}",
                                 f"--prediction_writer.output={tmp_path}"), capsys)
     assert msg == f"tlx: error: prediction_writer.output '{tmp_path}' is a folder: give a file path, e.g. {tmp_path / 'predictions.csv'}."
 
 
-def test_predict_files_naming_a_binary_file(trained, tmp_path, capsys):
-    _, ckpt = trained
+def test_predict_files_naming_a_binary_file(tiny_ckpt, tmp_path, capsys):
+    _, ckpt = tiny_ckpt
     archive = tmp_path / "images.zip"
     archive.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xb7\xac\xce\x8c\xff\xfe")
     msg = run_main(predict_args(ckpt, f"--data.init_args.predict_files={archive}"), capsys)
@@ -593,10 +571,10 @@ def test_predict_files_naming_a_binary_file(trained, tmp_path, capsys):
                    "an image with an unknown extension?); give one path per line.")
 
 
-def test_export_verify_images_with_a_bad_image(trained, tmp_path, caplog):
+def test_export_verify_images_with_a_bad_image(tiny_ckpt, tmp_path, caplog):
     from tests.helpers import run_cli
 
-    root, ckpt = trained
+    root, ckpt = tiny_ckpt
     folder = tmp_path / "verify"
     write_image(folder / "a.png", COLOURS["cat"])
     (folder / "b.png").write_bytes(b"not a png")

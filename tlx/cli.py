@@ -141,7 +141,8 @@ class TLXCLI(LightningCLI):
         if config.get("logger") in (None, True):
             root = config.get("default_root_dir") or os.getcwd()
             version = self._resume_version
-            if version is None and cli_checks.is_global_rank_zero():  # concurrent runs: one folder each
+            if version is None and self.subcommand == "fit" and cli_checks.is_global_rank_zero():
+                # Two fits started at once into one root: one version folder each (tlx/cli_checks.py).
                 version = cli_checks.claim_version(os.path.join(root, "lightning_logs"))
             if version is not None:
                 kwargs.setdefault("logger", TensorBoardLogger(root, version=version))
