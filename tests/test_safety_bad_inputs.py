@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback
 from PIL import Image
 
-from tests.conftest import COLOURS, TINY_MODEL, make_imagefolder, write_image
+from tests.conftest import COLOURS, TINY_MODEL, TINY_PREPROCESSING, make_imagefolder, write_image
 from tests.test_cli_smoke import tiny_fit_args
 from tlx.cli import main
 from tlx.data import ImageFolderDataModule
@@ -167,7 +167,7 @@ def odd_images(tmp_path):
 
 def test_odd_image_files_are_named_and_skipped_or_decoded(odd_images, caplog, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # the decompression-bomb limit, scaled down
-    dm = ImageFolderDataModule(root=str(odd_images), val_split=0.2, preprocessing=TINY_MODEL["data_config"])
+    dm = ImageFolderDataModule(root=str(odd_images), val_split=0.2, preprocessing=TINY_PREPROCESSING)
     with caplog.at_level(logging.WARNING, logger="tlx"):
         kept = {p.rsplit("/", 1)[-1] for p, _ in dm.samples("train") + dm.samples("val")}
     odd = odd_images / "cat"
@@ -209,7 +209,7 @@ def test_symlink_loop_in_a_class_folder_is_skipped_and_named(tiny_folder, caplog
     (cat / "loop").symlink_to(cat)  # a folder link back to its parent
     (cat / "self.png").symlink_to(cat / "self.png")  # a link to itself
     (cat / "gone.png").symlink_to(cat / "deleted.png")  # dangling
-    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["data_config"])
+    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["preprocessing"])
     with caplog.at_level(logging.WARNING, logger="tlx"):
         assert len(dm.samples("train")) == 16
     assert (f"{tiny_folder / 'train'}: skipped 3 entr(ies) that are not usable files: {cat / 'gone.png'} "
@@ -227,7 +227,7 @@ def test_symlink_loop_as_a_class_folder(tiny_folder, tmp_path, capsys):
 def test_symlinked_sub_folder_inside_a_class_is_followed(tiny_folder):
     extra = make_imagefolder(tiny_folder.parent / "extra", classes=("cat",), n_train=3, n_val=0)
     (tiny_folder / "train" / "cat" / "more").symlink_to(extra / "train" / "cat")
-    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["data_config"])
+    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["preprocessing"])
     assert sum(label == 0 for _, label in dm.samples("train")) == 8 + 3
 
 
@@ -460,9 +460,9 @@ def test_ckpt_path_last_with_another_backbone_is_refused(tiny_folder, tmp_path, 
     assert msg == (f"tlx: error: --ckpt_path {last}: the checkpoint was trained with backbone 'timm:test_efficientnet' "
                    "(the command asks for 'timm:test_resnet'). Use the checkpoint's settings, or start a new run "
                    "(another trainer.default_root_dir) for the new ones.")
-    size = json.dumps({**TINY_MODEL["data_config"], "input_size": 48})
+    size = json.dumps({**TINY_MODEL["preprocessing"], "input_size": 48})
     msg = run_main([*tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2),
-                    f"--model.init_args.data_config={size}", "--ckpt_path=last"], capsys)
+                    f"--model.init_args.preprocessing={size}", "--ckpt_path=last"], capsys)
     assert msg.endswith("trained with input_size 32 (the command asks for 48). Use the checkpoint's settings, or start "
                         "a new run (another trainer.default_root_dir) for the new ones.")
     assert last.read_bytes() == before
@@ -589,11 +589,11 @@ def test_export_verify_images_with_a_bad_image(tiny_ckpt, tmp_path, caplog):
 def test_images_deleted_during_a_fit_are_skipped_and_counted(tiny_folder, caplog):
     from tlx.data.datasets import LabelledImages
     from tlx.data.transforms import eval_transform
-    from tlx.backbones import DataConfig
+    from tlx.preprocessing import Preprocessing
 
-    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["data_config"])
+    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["preprocessing"])
     samples = dm.samples("train")
-    data = LabelledImages(samples, eval_transform(DataConfig.from_dict(TINY_MODEL["data_config"])))
+    data = LabelledImages(samples, eval_transform(Preprocessing.from_dict(TINY_MODEL["preprocessing"])))
     os.remove(samples[3][0])  # a sync removed it after the check
     with caplog.at_level(logging.WARNING, logger="tlx"):
         images = [data[i] for i in range(len(data))]
@@ -643,9 +643,9 @@ def test_a_one_pixel_high_strip_is_cropped_not_blown_up(tmp_path, caplog):
         ("data.init_args.mixup_alpha", "-1", "data.mixup_alpha must be a number >= 0 (0: off), got -1.0."),
         ("data.init_args.val_split", "1.5", "data.val_split must be a fraction between 0 and 1 (exclusive), got 1.5."),
         ("model.init_args.label_smoothing", "2", "model.label_smoothing must be a number in [0, 1), got 2.0."),
-        ("model.init_args.data_config", json.dumps({**TINY_MODEL["data_config"], "input_size": 0}),
-         "model.data_config.input_size must be a positive number of pixels, got 0."),
-        ("data.init_args.preprocessing", json.dumps({**TINY_MODEL["data_config"], "std": [0.5, 0, 0.5]}),
+        ("model.init_args.preprocessing", json.dumps({**TINY_MODEL["preprocessing"], "input_size": 0}),
+         "model.preprocessing.input_size must be a positive number of pixels, got 0."),
+        ("data.init_args.preprocessing", json.dumps({**TINY_MODEL["preprocessing"], "std": [0.5, 0, 0.5]}),
          "data.preprocessing.std must be three positive numbers (R, G, B), got [0.5, 0, 0.5]."),
     ],
 )
@@ -707,7 +707,7 @@ def test_timm_weights_with_pickled_objects_via_backbone_kwargs(tiny_folder, tmp_
 def test_a_fifo_in_a_class_folder_is_skipped_not_opened(tiny_folder, caplog):
     fifo = tiny_folder / "train" / "cat" / "pipe.png"
     os.mkfifo(fifo)  # opening it would block forever
-    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["data_config"])
+    dm = ImageFolderDataModule(root=str(tiny_folder), preprocessing=TINY_MODEL["preprocessing"])
     with caplog.at_level(logging.WARNING, logger="tlx"):
         assert len(dm.samples("train")) == 16
     assert f"skipped 1 entr(ies) that are not usable files: {fifo} (not a regular file)" in caplog.text

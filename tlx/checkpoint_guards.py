@@ -64,13 +64,6 @@ def no_space_error(path: str | Path, e: BaseException) -> TLXError | None:
                     "free space and resume with --ckpt_path last")
 
 
-def file_mode() -> int:
-    """The mode a new file gets under the current umask (``mkstemp`` would leave 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def temp_prefix(prefix: str) -> str:
     """``<prefix><host>-<pid>-``: whose temporary file it is."""
     return f"{prefix}{socket.gethostname().replace('-', '_')}-{os.getpid()}-"

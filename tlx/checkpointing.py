@@ -19,13 +19,14 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from tlx.checkpoint_guards import file_mode, is_leftover, no_space_error, refuse_non_finite, temp_prefix
+from tlx.checkpoint_guards import is_leftover, no_space_error, refuse_non_finite, temp_prefix
 from tlx.errors import TLXError
 
 log = logging.getLogger("tlx")
@@ -37,17 +38,24 @@ class CheckpointError(TLXError, ValueError):
     """A checkpoint that is missing, corrupt or unsafe to load."""
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one, whole."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(file)`` to ``path`` so that a crash leaves either the old file or the new one, whole.
+
+    The one atomic write of tlx (checkpoints, feature and image caches): a temporary file beside
+    ``path`` (its name carries host and pid, so that cleaning up never deletes another live run's:
+    :func:`tlx.checkpoint_guards.is_leftover`), fsync'ed, renamed over ``path``, the
+    rename fsync'ed too. The file gets the mode a plain ``open`` would give (umask applied), not
+    ``mkstemp``'s owner-only 0600, so that a shared cache stays readable by the team.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(PARTIAL_PREFIX), suffix=".tmp")
     try:
-        os.fchmod(fd, file_mode())  # the umask's mode, as any other file of the run (not mkstemp's 0600)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -55,6 +63,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             raise full from None
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

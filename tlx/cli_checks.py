@@ -115,9 +115,9 @@ def architecture(model_config: Any, explicit_only: bool = True) -> dict[str, Any
         value = init.get(key)
         if value is not None and not (explicit_only and value == defaults.get(key)):
             out[key] = _class_path(value)
-    data_config = init.get("data_config")
-    if data_config and data_config.get("input_size") is not None:
-        out["input_size"] = int(data_config.get("input_size"))
+    preprocessing = init.get("preprocessing") or init.get("data_config")  # data_config: its former name
+    if preprocessing and preprocessing.get("input_size") is not None:
+        out["input_size"] = int(preprocessing.get("input_size"))
     return out
 
 

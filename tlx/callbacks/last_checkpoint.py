@@ -25,6 +25,8 @@ import threading
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tlx.compat import checkpoint_every_n_epochs, request_graceful_stop
+
 log = logging.getLogger("tlx")
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
@@ -71,7 +73,7 @@ class LastCheckpoint(Callback):
 
     def save(self, trainer: Trainer) -> str:
         path = self.path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # explicit: Lightning logs a misleading default otherwise
         cb = self._model_checkpoint(trainer)
         if cb is not None and os.path.dirname(path) == cb.dirpath:
             cb.last_model_path = path  # ModelCheckpoint then overwrites this file instead of adding last-v1
@@ -96,7 +98,7 @@ class LastCheckpoint(Callback):
         self.preempted_path = self.save(trainer)
         _received.append(self.signal_name or "SIGTERM")
         log.warning("%s received: saved %s; resume with --ckpt_path last.", _received[-1], self.preempted_path)
-        trainer._signal_connector.received_sigterm = True  # Lightning's loops exit at their next check
+        request_graceful_stop(trainer)  # Lightning's loops exit at their next check
         return True
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
@@ -120,7 +122,7 @@ class LastCheckpoint(Callback):
 
     @staticmethod
     def _will_save_top_k(cb: ModelCheckpoint, trainer: Trainer) -> bool:
-        every = getattr(cb, "_every_n_epochs", 1)
+        every = checkpoint_every_n_epochs(cb)
         if cb.save_top_k == 0 or every < 1 or (trainer.current_epoch + 1) % every:
             return False
         return cb.check_monitor_top_k(trainer, trainer.callback_metrics.get(cb.monitor))
