@@ -1,8 +1,9 @@
 """Range checks for numeric options, at the boundary, with the option's name in the message.
 
 A batch size of 0, ``num_workers`` -1 or ``crop_scale`` [2, 1] otherwise end deep inside torch or
-torchvision (or, worse, train: ``hflip`` 2 flips every image). Each data module and model calls
-:func:`check_options` on its own hyperparameters; the rule for each name is written once here.
+torchvision (or, worse, train: ``hflip`` 2 flips every image). The DataModule base, the model and
+:func:`tlx.preprocessing.as_preprocessing` call :func:`check_options`; the rule for each name is
+written once here.
 """
 
 from __future__ import annotations
