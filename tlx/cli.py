@@ -1,4 +1,4 @@
-"""``python -m tlx {fit,validate,test,predict,lr_find,export}``: LightningCLI with tlx's defaults."""
+"""``python -m tlx {fit,validate,test,predict,lr_find,export,rank}``: LightningCLI with tlx's defaults."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ class TLXCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "lr_find": {"model", "datamodule"},
             "export": {"model", "datamodule"},
+            "rank": {"model", "datamodule"},
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -118,6 +119,8 @@ class TLXCLI(LightningCLI):
             if config.ckpt_path:  # what LightningCLI does for a given path: take the checkpoint's hparams
                 self._parse_ckpt_path()
                 config = self.config[self.subcommand]
+        if self.subcommand == "rank":  # rank builds its own backbones: the model's are not needed
+            (config.model.get("init_args") or config.model)["weights"] = None
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
         if self.subcommand in ("validate", "test", "predict", "export"):
@@ -169,8 +172,33 @@ def _tlx_error(e: BaseException | None) -> TLXError | None:
     return None
 
 
+# Options of `rank` that take several values, written the shell way: `--backbones a b c`.
+_SPACE_LISTS = ("--backbones", "--metrics")
+
+
+def _join_space_lists(args: list[str]) -> list[str]:
+    """``--backbones a b --x`` -> ``--backbones [a,b] --x`` (jsonargparse's list syntax)."""
+    out, i = [], 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] in _SPACE_LISTS:
+            j = i + 1
+            while j < len(args) and not args[j].startswith("--"):
+                j += 1
+            if j - i > 2 or (j - i == 2 and not args[i + 1].startswith("[")):
+                out.append("[" + ",".join(args[i + 1:j]) + "]")
+                i = j
+                continue
+        i += 1
+    return out
+
+
 def main(args: list[str] | None = None) -> None:
     _configure_logging()
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = _join_space_lists(sys.argv[1:])
+    else:
+        args = _join_space_lists(args)
     # Lightning's own use of a deprecated torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec.*")
     try:
