@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from tlx.data.datasets import image_files
 from tlx.data.file_list import read_file_list
+from tlx.data.folders import readable_paths
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError, TLXError
@@ -101,7 +102,7 @@ def _verification_paths(spec: str | None, datamodule: LightningDataModule | None
         paths = image_files(p) if p.is_dir() else read_file_list(spec)
         if not paths:
             raise DataError(f"verify_images {spec!r} holds no images.")
-        return paths[:n]
+        return readable_paths(paths[: 4 * n], f"verify_images {spec!r}")[:n]  # bad files skipped and named
     if datamodule is not None and getattr(datamodule, "root", None) is not None and hasattr(datamodule, "samples"):
         samples = datamodule.samples("val")
         step = max(1, len(samples) // n)  # spread over the classes (samples are sorted by class)

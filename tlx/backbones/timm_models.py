@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import pickle
+import re
 from typing import Any
 
 import timm
@@ -12,7 +14,7 @@ from tlx.backbones.base import Backbone
 from tlx.preprocessing import Preprocessing
 from tlx.backbones.registry import register_offline, register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
-from tlx.errors import WeightsUnavailableError
+from tlx.errors import BackboneError, WeightsUnavailableError
 
 
 @functools.cache
@@ -46,9 +48,18 @@ def create_timm_backbone(
     try:
         # Pretrained: with the weights' own classifier, kept aside below for transferability metrics.
         model = timm.create_model(full_name, pretrained=pretrained, **({} if pretrained else {"num_classes": 0}), **kwargs)
-    except RuntimeError as e:
+    except (RuntimeError, pickle.UnpicklingError) as e:
         if "Unknown pretrained tag" in str(e) or "Invalid pretrained tag" in str(e):
             raise WeightsUnavailableError(f"timm has no weights {weights!r} for {name!r}: {e}") from None
+        if "weights_only" in str(e) or isinstance(e, pickle.UnpicklingError):
+            # A weights file (e.g. via backbone_kwargs' pretrained_cfg_overlay) holding pickled objects.
+            # torch's hint to retry with weights_only=False is not passed on: that runs them.
+            found = re.search(r"Unsupported globals?: (?:GLOBAL )?([\w.]+)", str(e))
+            raise BackboneError(
+                f"Refusing the weights file for timm:{full_name}: it carries pickled Python objects "
+                f"({found.group(1).rstrip('.') if found else 'not tensors'}), which could run code when loaded. Save plain "
+                "weights with torch.save(model.state_dict(), path) and give them as model.weights_path."
+            ) from None
         raise
     except OSError as e:  # Hugging Face Hub and URL downloads, offline or not found
         raise WeightsUnavailableError(

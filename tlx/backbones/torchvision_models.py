@@ -6,9 +6,13 @@ cache works offline, exactly as it does for plain torchvision.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import pickle
+import socket
 import urllib.error
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -51,6 +55,22 @@ def _preprocessing(weights: torchvision.models.WeightsEnum) -> Preprocessing:
     )
 
 
+DOWNLOAD_TIMEOUT_S = 20.0  # for connecting and for each read: a stalled download fails, a slow one goes on
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float | None) -> Iterator[None]:
+    if seconds is None:
+        yield
+        return
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _cache_hint(weights: torchvision.models.WeightsEnum) -> str:
     filename = os.path.basename(weights.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
@@ -85,8 +105,19 @@ def create_torchvision_backbone(
                 f"torchvision model {name!r} has no weights {weights!r}; choose one of "
                 f"DEFAULT, {', '.join(known)}.{close_names(weights, known)}"
             ) from None
+    fetch = None if weights_path else chosen
+    cached = _cache_hint(fetch) if fetch is not None else None
     try:
-        model = torchvision.models.get_model(name, weights=None if weights_path else chosen, **kwargs)
+        # torch.hub opens the URL without a timeout: a network that drops packets would hang for minutes.
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S if cached and not os.path.exists(cached) else None):
+            model = torchvision.models.get_model(name, weights=fetch, **kwargs)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+        if not cached or not os.path.exists(cached):
+            raise
+        raise WeightsUnavailableError(
+            f"The cached torchvision weights {cached} are corrupt or incomplete ({type(e).__name__}): delete the "
+            "file and run again (it is downloaded anew), or put a good copy there."
+        ) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
         raise WeightsUnavailableError(
             f"Could not download torchvision weights {enum_cls.__name__}.{chosen.name} for {name!r} ({e}). "
