@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 
+import yaml
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -24,6 +25,7 @@ from tlx.callbacks.random_state import RandomState
 from tlx.checkpointing import SafeCheckpointIO, load_error
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
+from tlx.recipes import DEFAULT_RECIPE
 from tlx.trainer import TLXTrainer
 from tlx.speed.precision import resolve_precision
 
@@ -50,10 +52,40 @@ class SaveRunInfo(SaveConfigCallback):
             json.dump(info, f, indent=2)
 
 
+def _config_files(args: list[str]) -> list[str]:
+    files = []
+    for i, a in enumerate(args):
+        if a == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif a.startswith("--config="):
+            files.append(a.partition("=")[2])
+    return files
+
+
+def with_default_recipe(args: list[str]) -> list[str]:
+    """``fit`` with no config that names a model runs the default recipe (tlx/recipes/default.yaml):
+    it goes in as the first ``--config``, so the given configs (data, trainer fragments) and flags
+    override it. A config that names a model is a whole experiment and is left alone."""
+    if not args or args[0] != "fit":
+        return args
+    for file in _config_files(args):
+        try:
+            with open(file) as f:
+                names_model = "model" in (yaml.safe_load(f) or {})
+        except (OSError, yaml.YAMLError):
+            return args  # LightningCLI reports the bad file itself
+        if names_model:
+            return args
+    return [args[0], "--config", str(DEFAULT_RECIPE), *args[1:]]
+
+
 class TLXCLI(LightningCLI):
     _resume_version: int | None = None  # set by `--ckpt_path last` (tlx/resume.py)
 
     def __init__(self, *args, **kwargs):
+        given = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
+        if not args and isinstance(given, (list, tuple)):  # the default recipe, unless a config names a model
+            kwargs["args"] = with_default_recipe(list(given))
         kwargs.setdefault("model_class", ImageClassifier)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
