@@ -63,10 +63,13 @@ def _config_files(args: list[str]) -> list[str]:
 
 
 def with_default_recipe(args: list[str]) -> list[str]:
-    """``fit`` with no config that names a model runs the default recipe (tlx/recipes/default.yaml):
-    it goes in as the first ``--config``, so the given configs (data, trainer fragments) and flags
-    override it. A config that names a model is a whole experiment and is left alone."""
+    """``fit`` where neither a config nor a flag names a model runs the default recipe
+    (tlx/recipes/default.yaml): it goes in as the first ``--config``, so the given configs (data,
+    trainer fragments) and flags override it. A config with a ``model`` section, or a
+    ``--model``/``--model.class_path`` flag, is a whole experiment and is left alone."""
     if not args or args[0] != "fit":
+        return args
+    if any(a in ("--model", "--model.class_path") or a.startswith(("--model=", "--model.class_path=")) for a in args):
         return args
     for file in _config_files(args):
         try:
@@ -83,9 +86,8 @@ class TLXCLI(LightningCLI):
     _resume_version: int | None = None  # set by `--ckpt_path last` (tlx/resume.py)
 
     def __init__(self, *args, **kwargs):
-        given = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
-        if not args and isinstance(given, (list, tuple)):  # the default recipe, unless a config names a model
-            kwargs["args"] = with_default_recipe(list(given))
+        if not args and isinstance(kwargs.get("args"), (list, tuple)):  # main() does it for sys.argv
+            kwargs["args"] = with_default_recipe(list(kwargs["args"]))
         kwargs.setdefault("model_class", ImageClassifier)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -192,6 +194,8 @@ def main(args: list[str] | None = None) -> None:
     _configure_logging()
     # Lightning's own use of a deprecated torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    if args is None:  # the default recipe, unless a config or flag names a model
+        sys.argv[1:] = with_default_recipe(sys.argv[1:])
     try:
         TLXCLI(args=args)
     except Exception as e:
