@@ -19,8 +19,8 @@
    the number of validation images and a Wilson 95% interval, so a tiny split's noise is visible.
 
 The recipe owns the run's length: it sets the number of epochs (the step budget as whole epochs)
-and validates about ``validations`` times, the last epoch included. ``trainer.max_steps`` > 0
-fixes the budget instead of the formula. It also owns the learning-rate schedule (set every step
+and validates about ``validations`` times, the last epoch included. ``trainer.max_steps`` or
+``trainer.max_epochs``, when given, fix the budget instead of the formula. It also owns the learning-rate schedule (set every step
 from the global step, so a resumed run continues it exactly).
 """
 
@@ -145,10 +145,13 @@ class LinearProbeFinetune(FinetuneStrategy):
             self.freeze_bn_stats = bn_stats_frozen(batch, n_train)
         global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
         user_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        # Lightning's own default (no max_epochs, no max_steps) is 1000 epochs: anything else was asked for
+        user_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1, 1000) else None
         steps = user_steps or step_budget(n_train, global_batch, **self.budget)
-        epochs = epochs_for(steps, n_train, global_batch)
+        epochs = user_epochs or epochs_for(steps, n_train, global_batch)
         every = math.ceil(epochs / self.validations)
-        epochs = math.ceil(epochs / every) * every  # the last epoch validates
+        if not user_epochs:
+            epochs = math.ceil(epochs / every) * every  # the last epoch validates
         trainer.fit_loop.max_epochs = epochs
         trainer.check_val_every_n_epoch = every
         self.total_steps = min(epochs * steps_per_epoch(n_train, global_batch), user_steps or 10**9)
