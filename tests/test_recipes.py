@@ -121,6 +121,6 @@ def test_fit_with_no_config_runs_the_default_recipe(tmp_path):
     lpft = [c for c in cli.trainer.callbacks if isinstance(c, LinearProbeFinetune)]
     assert len(lpft) == 1 and lpft[0].outcome["result"] in ("probe", "finetuned")
     assert cli.trainer.global_step == 3
-    assert isinstance(cli.model.optimizers().optimizer, torch.optim.AdamW)
+    assert isinstance(cli.model.optimizers().optimizer, torch.optim.SGD)
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt"
     assert ckpt.is_file()
