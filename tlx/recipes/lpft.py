@@ -4,9 +4,10 @@
    validation images (evaluation view), and the head is fitted on those cached features
    (:mod:`tlx.recipes.probe`), nearly free.
 2. Fine-tuning from that head: the top ``finetune_top`` of the backbone's layer groups and the
-   head train, at the model's (small) learning rate, with a per-step linear warm-up and cosine
-   decay, for a budget of optimizer steps scaled to the data (:mod:`tlx.recipes.budget`). The
-   lower groups stay frozen, which keeps a CPU step cheap and the general features intact.
+   head train with the model's optimizer and schedule (the default recipe: SGD, small LR,
+   :class:`tlx.optim.WarmupCosine` stepped per optimizer step, which spans the budget), for a
+   budget of optimizer steps scaled to the data (:mod:`tlx.recipes.budget`). The lower groups
+   stay frozen, which keeps a CPU step cheap and the general features intact.
    Starting from a fitted head is what keeps the unfreeze from wrecking the features (Kumar et
    al. 2022, "Fine-Tuning can Distort Pretrained Features"): a random head's large gradients are
    what distorts them.
@@ -20,8 +21,7 @@
 
 The recipe owns the run's length: it sets the number of epochs (the step budget as whole epochs)
 and validates about ``validations`` times, the last epoch included. ``trainer.max_steps`` or
-``trainer.max_epochs``, when given, fix the budget instead of the formula. It also owns the learning-rate schedule (set every step
-from the global step, so a resumed run continues it exactly).
+``trainer.max_epochs``, when given, fix the budget instead of the formula.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from tlx.backbones import create_backbone
-from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
+from tlx.features import extract_features
+from tlx.finetuning.base import FinetuneStrategy, head_params
 from tlx.finetuning.groups import FinetuningError, LayerGroup, layer_groups
 from tlx.metrics import wilson_interval
+from tlx.optim import ParamGroup
 from tlx.recipes.budget import epochs_for, step_budget, steps_per_epoch
-from tlx.recipes.probe import extract_features, fit_probe
+from tlx.recipes.probe import fit_probe
 
 log = logging.getLogger("tlx")
 
@@ -51,14 +53,6 @@ BN_FREEZE_BELOW_IMAGES = 10_000
 def bn_stats_frozen(batch_size: int, n_train: int) -> bool:
     """The BatchNorm rule: keep the pretrained statistics unless batches and data are large."""
     return batch_size < BN_FREEZE_BELOW_BATCH or n_train < BN_FREEZE_BELOW_IMAGES
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """LR factor at optimizer step ``step`` (0-based): linear warm-up to 1, then cosine to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
 def accuracy_line(name: str, acc: float, n: int) -> str:
@@ -72,7 +66,6 @@ class LinearProbeFinetune(FinetuneStrategy):
     Args:
         finetune_top: fraction of the backbone's layer groups (top first) that fine-tune.
         epochs, min_steps, max_steps: the step budget, :func:`tlx.recipes.budget.step_budget`.
-        warmup_fraction: share of the steps spent in the linear warm-up.
         validations: about how many validations over the run (the last epoch always validates).
         freeze_bn_stats: ``None``: by the rule above; ``True``/``False`` to force it.
         probe_epochs, probe_lr, probe_weight_decay, probe_batch_size: the probe's fit.
@@ -85,7 +78,6 @@ class LinearProbeFinetune(FinetuneStrategy):
         epochs: float = 2.0,
         min_steps: int = 50,
         max_steps: int = 300,
-        warmup_fraction: float = 0.1,
         validations: int = 4,
         freeze_bn_stats: bool | None = None,
         probe_epochs: int = 15,
@@ -99,21 +91,18 @@ class LinearProbeFinetune(FinetuneStrategy):
             raise FinetuningError(f"LinearProbeFinetune finetune_top must be in (0, 1], got {finetune_top}.")
         self.finetune_top = finetune_top
         self.budget = {"epochs": epochs, "min_steps": min_steps, "max_steps": max_steps}
-        self.warmup_fraction = warmup_fraction
         self.validations = max(1, int(validations))
         self.bn_rule = freeze_bn_stats is None
         self.probe_kwargs = {"epochs": probe_epochs, "lr": probe_lr, "weight_decay": probe_weight_decay,
                              "batch_size": probe_batch_size}
         self.extract_batch_size = extract_batch_size
         self.total_steps = 0
-        self.warmup = 1
         self.probe_head: dict[str, Tensor] | None = None
         self.probe_acc: float | None = None
         self.n_val = 0
         self.finetune_best: float | None = None
         self.outcome: dict[str, Any] = {}
         self._backbone_start: dict[str, Tensor] | None = None
-        self._base_lrs: list[list[float]] = []
 
     # ---- which groups train ------------------------------------------------------------------
     def _split(self, pl_module: LightningModule) -> tuple[list[LayerGroup], list[LayerGroup]]:
@@ -142,7 +131,7 @@ class LinearProbeFinetune(FinetuneStrategy):
         n_train = len(dm.samples("train"))
         batch = int(dm.hparams.get("batch_size", 32))
         if self.bn_rule:
-            self.freeze_bn_stats = bn_stats_frozen(batch, n_train)
+            self.freezer.freeze_bn_stats = bn_stats_frozen(batch, n_train)
         global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
         user_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         # Lightning's own default (no max_epochs, no max_steps) is 1000 epochs: anything else was asked for
@@ -155,16 +144,14 @@ class LinearProbeFinetune(FinetuneStrategy):
         trainer.fit_loop.max_epochs = epochs
         trainer.check_val_every_n_epoch = every
         self.total_steps = min(epochs * steps_per_epoch(n_train, global_batch), user_steps or 10**9)
-        self.warmup = max(1, round(self.warmup_fraction * self.total_steps))
         if trainer.is_global_zero:
-            log.info("LinearProbeFinetune: %d training images, batch %d: %d optimizer steps (%d epochs, warm-up %d, "
-                     "validation every %d epoch(s)); BatchNorm statistics %s.", n_train, global_batch, self.total_steps,
-                     epochs, self.warmup, every, "frozen" if self.freeze_bn_stats else "updated")
+            log.info("LinearProbeFinetune: %d training images, batch %d: %d optimizer steps (%d epochs, validation "
+                     "every %d epoch(s)); BatchNorm statistics %s.", n_train, global_batch, self.total_steps,
+                     epochs, every, "frozen" if self.freeze_bn_stats else "updated in the fine-tuned layers")
 
     # ---- phase 1: the linear probe -----------------------------------------------------------
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._base_lrs = [[g["lr"] for g in opt.param_groups] for opt in trainer.optimizers]
         self._backbone_start = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
         if self.probe_head is None:  # a resumed run restored it (state_dict)
             self._fit_probe(trainer, pl_module)
@@ -175,9 +162,9 @@ class LinearProbeFinetune(FinetuneStrategy):
         workers = int(dm.hparams.get("num_workers", 0))
 
         def features(split: str) -> tuple[Tensor, Tensor]:
-            feats = extract_features(pl_module.backbone, dm.eval_dataset(split), self.extract_batch_size, workers,
-                                     pl_module.device, trainer.precision_plugin.forward_context)
-            return feats.to(pl_module.device), torch.tensor([y for _, y in dm.samples(split)], device=pl_module.device)
+            feats, labels = extract_features(pl_module.backbone, dm.eval_dataset(split), batch_size=self.extract_batch_size,
+                                             num_workers=workers, precision=str(trainer.precision))
+            return feats.to(pl_module.device), labels.to(pl_module.device)
 
         train, val = features("train"), features("val")
         result = fit_probe(pl_module.head, train, val, seed=torch.initial_seed() % 2**31, **self.probe_kwargs)
@@ -187,14 +174,7 @@ class LinearProbeFinetune(FinetuneStrategy):
             log.info("LinearProbeFinetune: %s, epoch %d of the probe; fine-tuning starts from its head.",
                      accuracy_line("linear probe val acc", self.probe_acc, self.n_val), result.best_epoch)
 
-    # ---- phase 2: fine-tuning ----------------------------------------------------------------
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        factor = warmup_cosine(trainer.global_step, self.total_steps, self.warmup)
-        for optimizer, base in zip(trainer.optimizers, self._base_lrs):
-            for group, lr in zip(optimizer.param_groups, base):
-                group["lr"] = lr * factor
-
+    # ---- phase 2: fine-tuning, with the model's optimizer and schedule -----------------------
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         acc = trainer.callback_metrics.get("val/acc")
         if trainer.sanity_checking or acc is None:

@@ -1,4 +1,5 @@
-"""The linear probe of LP-FT: pooled features of the frozen backbone, a head fitted on them.
+"""The linear probe of LP-FT: a head fitted on the frozen backbone's pooled features
+(extracted once by :func:`tlx.features.extract_features`).
 
 The head is fitted as tlx's cached linear probe (``configs/hymenoptera_fast.yaml``) trains it:
 AdamW (lr 3e-3, weight decay 0.01), batch 32, cosine over 15 epochs, the best epoch by validation
@@ -9,37 +10,10 @@ features this takes well under a second.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
-
-from tlx.data.shared_build import build_shared
-
-
-@torch.no_grad()
-def extract_features(network: nn.Module, dataset: Dataset, batch_size: int = 64, num_workers: int = 0,
-                     device: torch.device | str = "cpu", autocast: Callable[[], Any] | None = None) -> Tensor:
-    """``network`` (in eval mode) over ``dataset``'s images, as one ``(N, D)`` float tensor.
-    Under DDP every rank runs a share and all receive the whole (:mod:`tlx.data.shared_build`)."""
-
-    def extract(indices) -> list[Tensor]:
-        loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers)
-        out = []
-        for x, _ in loader:
-            with autocast() if autocast else torch.autocast("cpu", enabled=False):
-                out.append(network(x.to(device)).float().cpu())
-        return list(torch.cat(out)) if out else []
-
-    was_training = network.training
-    network.eval()
-    try:
-        return torch.stack(build_shared(range(len(dataset)), extract))
-    finally:
-        network.train(was_training)
 
 
 @dataclass
