@@ -112,7 +112,7 @@ def test_fit_with_no_config_runs_the_default_recipe(tmp_path):
     cli = run_cli(["fit", "--data.root", str(data),
                    # a tiny model and a short budget keep the test fast; nothing else is configured
                    f"--model.init_args.backbone={TINY_MODEL['backbone']}", "--model.init_args.weights=null",
-                   f"--model.init_args.data_config={json.dumps(TINY_PREPROCESSING)}",
+                   f"--model.init_args.preprocessing={json.dumps(TINY_PREPROCESSING)}",
                    "--data.init_args.num_workers=0", "--trainer.max_steps=3",
                    f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"])
     lpft = [c for c in cli.trainer.callbacks if isinstance(c, LinearProbeFinetune)]
