@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -154,6 +155,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", default=None, help="write the recipe's rows here (JSON)")
     args = parser.parse_args()
+    logging.basicConfig(format="[tlx] %(levelname)s: %(message)s")
+    logging.getLogger("tlx").setLevel(logging.INFO)  # the recipe's probe / outcome lines
+    sys.argv[1:] = []  # the runs get their arguments as a list (LightningCLI warns when both are given)
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
