@@ -152,8 +152,8 @@ class LinearProbeFinetune(FinetuneStrategy):
     # ---- phase 1: the linear probe -----------------------------------------------------------
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._backbone_start = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
-        if self.probe_head is None:  # a resumed run restored it (state_dict)
+        if self.probe_head is None:  # a resumed run restored it (state_dict), and rebuilds the start if needed
+            self._backbone_start = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
             self._fit_probe(trainer, pl_module)
         self.finetune_best = None
 
