@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 
+import yaml
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -25,6 +26,7 @@ from tlx.checkpointing import SafeCheckpointIO, load_error
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 from tlx.preprocessing import fed_preprocessing
+from tlx.recipes import DEFAULT_RECIPE
 from tlx.trainer import TLXTrainer
 from tlx.speed.precision import resolve_precision
 
@@ -51,10 +53,42 @@ class SaveRunInfo(SaveConfigCallback):
             json.dump(info, f, indent=2)
 
 
+def _config_files(args: list[str]) -> list[str]:
+    files = []
+    for i, a in enumerate(args):
+        if a == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif a.startswith("--config="):
+            files.append(a.partition("=")[2])
+    return files
+
+
+def with_default_recipe(args: list[str]) -> list[str]:
+    """``fit`` where neither a config nor a flag names a model runs the default recipe
+    (tlx/recipes/default.yaml): it goes in as the first ``--config``, so the given configs (data,
+    trainer fragments) and flags override it. A config with a ``model`` section, or a
+    ``--model``/``--model.class_path`` flag, is a whole experiment and is left alone."""
+    if not args or args[0] != "fit":
+        return args
+    if any(a in ("--model", "--model.class_path") or a.startswith(("--model=", "--model.class_path=")) for a in args):
+        return args
+    for file in _config_files(args):
+        try:
+            with open(file) as f:
+                names_model = "model" in (yaml.safe_load(f) or {})
+        except (OSError, yaml.YAMLError):
+            return args  # LightningCLI reports the bad file itself
+        if names_model:
+            return args
+    return [args[0], "--config", str(DEFAULT_RECIPE), *args[1:]]
+
+
 class TLXCLI(LightningCLI):
     _resume_version: int | None = None  # set by `--ckpt_path last` (tlx/resume.py)
 
     def __init__(self, *args, **kwargs):
+        if not args and isinstance(kwargs.get("args"), (list, tuple)):  # main() does it for sys.argv
+            kwargs["args"] = with_default_recipe(list(kwargs["args"]))
         kwargs.setdefault("model_class", ImageClassifier)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -201,6 +235,8 @@ def main(args: list[str] | None = None) -> None:
         args = _join_space_lists(args)
     # Lightning's own use of a deprecated torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    if args is None:  # the default recipe, unless a config or flag names a model
+        sys.argv[1:] = with_default_recipe(sys.argv[1:])
     try:
         cli_checks.check_config_files(sys.argv[1:] if args is None else list(args))
         TLXCLI(args=args)

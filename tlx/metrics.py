@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are only ever written to files and TensorBoard
@@ -59,3 +61,14 @@ def confusion_figure(matrix: Tensor, class_names: list[str]) -> Figure:
                             color="white" if m[i, j] > threshold else "black")
     fig.tight_layout()
     return fig
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured as ``correct`` of ``total`` (95% for z=1.96):
+    how far the true accuracy may lie from a small validation set's."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
