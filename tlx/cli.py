@@ -1,4 +1,4 @@
-"""``python -m tlx {fit,validate,test,predict,lr_find,export}``: LightningCLI with tlx's defaults."""
+"""``python -m tlx {fit,validate,test,predict,lr_find,export,fuse}``: LightningCLI with tlx's defaults."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tlx.callbacks.finite_loss import StopOnNonFinite
 from tlx.callbacks.last_checkpoint import EXIT_CODE as PREEMPTED_EXIT_CODE
 from tlx.callbacks.last_checkpoint import LastCheckpoint
 from tlx.callbacks.random_state import RandomState
-from tlx.checkpointing import SafeCheckpointIO, load_error
+from tlx.checkpointing import SafeCheckpointIO, load_error, safe_torch_load
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 from tlx.trainer import TLXTrainer
@@ -50,6 +50,35 @@ class SaveRunInfo(SaveConfigCallback):
             json.dump(info, f, indent=2)
 
 
+# Options that take several values, written as `--ckpt_paths a.ckpt b.ckpt` (jsonargparse wants a list).
+LIST_OPTIONS = ("--ckpt_paths", "--alphas")
+
+
+def gather_list_options(args: list[str], options: tuple[str, ...]) -> list[str]:
+    """``--opt a b c`` -> ``--opt=["a", "b", "c"]`` for ``options``; other arguments unchanged."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] in options:
+            j = i + 1
+            while j < len(args) and not args[j].startswith("--"):
+                j += 1
+            values = args[i + 1:j]
+            numbers = args[i] == "--alphas"
+            out.append(f"{args[i]}={json.dumps([_number(v) if numbers else v for v in values])}")
+            i = j
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
+def _number(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value  # jsonargparse names it in its error
+
+
 class TLXCLI(LightningCLI):
     _resume_version: int | None = None  # set by `--ckpt_path last` (tlx/resume.py)
 
@@ -73,6 +102,7 @@ class TLXCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "lr_find": {"model", "datamodule"},
             "export": {"model", "datamodule"},
+            "fuse": {"model", "datamodule"},
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -91,6 +121,11 @@ class TLXCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        if args is None or isinstance(args, (list, tuple)):
+            args = gather_list_options(list(sys.argv[1:] if args is None else args), LIST_OPTIONS)
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters first (weights_only=True): say why it fails.
         try:
@@ -99,6 +134,14 @@ class TLXCLI(LightningCLI):
             if isinstance(e, TLXError):
                 raise
             raise load_error(self.config[self.config.subcommand].get("ckpt_path"), e) from e
+
+    def _model_from_checkpoint(self, path: str) -> None:
+        """The model config from a checkpoint's hyperparameters, as LightningCLI does for ``ckpt_path``."""
+        hparams = dict(safe_torch_load(path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({self.subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -110,14 +153,18 @@ class TLXCLI(LightningCLI):
             if config.ckpt_path:  # what LightningCLI does for a given path: take the checkpoint's hparams
                 self._parse_ckpt_path()
                 config = self.config[self.subcommand]
+        if self.subcommand == "fuse" and config.get("ckpt_paths"):  # the network the checkpoints fit
+            self._model_from_checkpoint(config.ckpt_paths[0])
+            config = self.config[self.subcommand]
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
-        if self.subcommand in ("validate", "test", "predict", "export"):
+        if self.subcommand in ("validate", "test", "predict", "export", "fuse"):
             config = self.config[self.subcommand]
-            if config.get("ckpt_path") and os.path.isfile(config.ckpt_path):
+            if (config.get("ckpt_path") and os.path.isfile(config.ckpt_path)) or config.get("ckpt_paths"):
                 init_args = config.model.get("init_args") or config.model
-                init_args["weights"] = None
-                init_args["weights_path"] = None
+                for key in ("weights", "weights_path"):
+                    if key in init_args:  # not every model has them (an ensemble holds its members)
+                        init_args[key] = None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         # "Nothing lost": atomic, weights_only checkpoint IO; non-finite losses stop; RNG resumes.

@@ -1,0 +1,104 @@
+"""Logit ensemble: several networks in one module, the mean of their logits as output.
+
+N times the inference cost of one member. Built as the ``ImageClassifier`` interface expects
+(``features`` then ``head``), so ``test``, ``predict``, ``export`` and TTA work unchanged: the
+"backbone" runs every member and concatenates their features, the "head" applies each member's
+head to its slice and averages the logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from tlx.backbones import DataConfig
+from tlx.errors import TLXError
+from tlx.models import ImageClassifier
+
+
+class EnsembleFeatures(nn.Module):
+    """Every member's features, concatenated (the members' feature networks as one module)."""
+
+    def __init__(self, members: list[nn.Module], widths: list[int], data_config: DataConfig, name: str):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.widths = list(widths)
+        self.num_features = sum(widths)
+        self.data_config = data_config
+        self.name = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([m(x) for m in self.members], dim=1)
+
+
+class EnsembleHead(nn.Module):
+    """Each member's head on its slice of the features; the mean of the logits."""
+
+    def __init__(self, heads: list[nn.Module], widths: list[int]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.widths = list(widths)
+
+    def forward(self, f: Tensor) -> Tensor:
+        parts = torch.split(f, self.widths, dim=1)
+        return torch.stack([h(p) for h, p in zip(self.heads, parts)]).mean(dim=0)
+
+
+def _member(hparams: dict[str, Any]) -> ImageClassifier:
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    kwargs.update(weights=None, weights_path=None)  # the ensemble's checkpoint holds the weights
+    if not kwargs.get("class_names"):
+        raise TLXError("Every ensemble member needs its class_names (build it from tlx checkpoints).")
+    return ImageClassifier(**kwargs)
+
+
+class EnsembleClassifier(ImageClassifier):
+    """A logit ensemble of :class:`~tlx.models.ImageClassifier` members (``python -m tlx fuse
+    --method ensemble`` writes one). Evaluation, prediction and export as for one classifier.
+
+    Args:
+        members: each member's hyperparameters (as stored in its checkpoint).
+        class_names: the classes (all members share them).
+        data_config: preprocessing override; by default the first member's.
+    """
+
+    def __init__(self, members: list[dict[str, Any]], class_names: list[str] | None = None,
+                 data_config: dict[str, Any] | None = None):
+        LightningModule.__init__(self)  # ImageClassifier.__init__ would build a backbone of its own
+        # Named explicitly: collecting them from the call frame misses ``members`` here.
+        self.save_hyperparameters({"members": [dict(h) for h in members], "class_names": class_names,
+                                   "data_config": data_config})
+        nets = [_member(h) for h in members]
+        widths = [n.feature_dim for n in nets]
+        self.backbone = EnsembleFeatures([n.feature_network() for n in nets], widths, nets[0].data_config,
+                                         name="ensemble[" + ", ".join(str(h.get("backbone")) for h in members) + "]")
+        self.data_config = DataConfig.from_dict(data_config) if data_config else nets[0].data_config
+        self.hparams["data_config"] = self.data_config.to_dict()
+        heads = [n.head for n in nets]
+        self.head_factory = lambda in_features, num_classes: EnsembleHead(heads, widths)
+        self.optimizer_factory, self.scheduler_factory = torch.optim.AdamW, None
+        self.class_names = list(class_names or nets[0].class_names)
+        self.hparams["class_names"] = self.class_names
+        self._build_head()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.num_features
+
+    @property
+    def num_members(self) -> int:
+        return len(self.backbone.members)
+
+    @classmethod
+    def from_members(cls, hparams: list[dict[str, Any]], states: list[dict[str, Tensor]]) -> EnsembleClassifier:
+        """The ensemble of trained members: their hyperparameters and weights (checkpoint state dicts)."""
+        ensemble = cls(hparams)
+        for i, (h, state) in enumerate(zip(hparams, states)):
+            net = _member(h)
+            net.load_state_dict(state)
+            ensemble.backbone.members[i].load_state_dict(net.feature_network().state_dict())
+            ensemble.head.heads[i].load_state_dict(net.head.state_dict())
+        return ensemble
