@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tlx.backbones import DataConfig
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
+from tlx.models.from_checkpoint import model_class, model_kwargs
 
 
 class EnsembleFeatures(nn.Module):
@@ -48,11 +49,10 @@ class EnsembleHead(nn.Module):
 
 
 def _member(hparams: dict[str, Any]) -> ImageClassifier:
-    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    kwargs.update(weights=None, weights_path=None)  # the ensemble's checkpoint holds the weights
+    kwargs = model_kwargs(hparams)  # no pretrained weights: the ensemble's checkpoint holds them
     if not kwargs.get("class_names"):
         raise TLXError("Every ensemble member needs its class_names (build it from tlx checkpoints).")
-    return ImageClassifier(**kwargs)
+    return model_class(hparams)(**kwargs)
 
 
 class EnsembleClassifier(ImageClassifier):
@@ -69,7 +69,8 @@ class EnsembleClassifier(ImageClassifier):
                  data_config: dict[str, Any] | None = None):
         LightningModule.__init__(self)  # ImageClassifier.__init__ would build a backbone of its own
         # Named explicitly: collecting them from the call frame misses ``members`` here.
-        self.save_hyperparameters({"members": [dict(h) for h in members], "class_names": class_names,
+        members = [{k: v for k, v in h.items() if k != "_instantiator"} for h in members]
+        self.save_hyperparameters({"members": members, "class_names": class_names,
                                    "data_config": data_config})
         nets = [_member(h) for h in members]
         widths = [n.feature_dim for n in nets]

@@ -7,7 +7,6 @@ shows accuracy on images the selection did not see.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -22,10 +21,11 @@ from tlx.checkpointing import atomic_torch_save
 from tlx.fusion.bn_recalibration import has_batchnorm, recalibrate_batchnorm
 from tlx.fusion.ensemble import EnsembleClassifier
 from tlx.fusion.greedy_soup import greedy_soup
-from tlx.fusion.ingredients import FusionError, Ingredient, checkpoint_like, load_ingredients
+from tlx.fusion.ingredients import FusionError, checkpoint_like, load_ingredients
 from tlx.fusion.uniform_soup import uniform_soup
 from tlx.fusion.wise_ft import DEFAULT_ALPHAS, check_alphas, wise_ft
 from tlx.models import ImageClassifier
+from tlx.models.from_checkpoint import model_from_checkpoint
 
 log = logging.getLogger("tlx")
 
@@ -43,14 +43,6 @@ def accuracy(model: nn.Module, loader: Iterable, device: torch.device | str = "c
         correct += int((pred == y).sum())
         total += len(y)
     return 100.0 * correct / max(total, 1)
-
-
-def build_model(ingredient: Ingredient) -> ImageClassifier:
-    """The checkpoint's model class with its hyperparameters (no pretrained weights fetched)."""
-    class_path = ingredient.hparams.get("_class_path", "tlx.models.ImageClassifier")
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(**ingredient.model_kwargs())
 
 
 class _Evaluator:
@@ -117,7 +109,7 @@ def fuse(ckpt_paths: list[str], method: str, datamodule: LightningDataModule | N
         raise FusionError(f"--alphas applies to --method wise_ft only, not {method}.")
     ingredients = load_ingredients(ckpt_paths, minimum=2, method=method)
     device = torch.device(device)
-    model = model if model is not None else build_model(ingredients[0])
+    model = model if model is not None else model_from_checkpoint(ingredients[0].checkpoint, load_weights=False)
     datamodule = _prepare_data(datamodule, model)
     ev = _Evaluator(model, datamodule, bn_recalibration_batches, device)
     states = [ing.state_dict for ing in ingredients]
@@ -151,7 +143,7 @@ def fuse(ckpt_paths: list[str], method: str, datamodule: LightningDataModule | N
         report.update(alpha=alpha, alpha_curve=curve)
         averaged = 0.0 < alpha < 1.0
     else:
-        ensemble = EnsembleClassifier.from_members([ing.model_kwargs() for ing in ingredients], states).to(device)
+        ensemble = EnsembleClassifier.from_members([ing.hparams for ing in ingredients], states).to(device)
         fused, hparams = ensemble.state_dict(), {**dict(ensemble.hparams), "_class_path": _class_path(ensemble)}
         if "_instantiator" in ingredients[0].hparams:
             hparams["_instantiator"] = ingredients[0].hparams["_instantiator"]

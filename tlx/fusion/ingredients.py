@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from tlx.checkpointing import safe_torch_load
 from tlx.errors import TLXError
-
-# Keys LightningCLI adds to a model's hyperparameters; not constructor arguments.
-_CLI_KEYS = ("_class_path", "_instantiator")
+from tlx.models.from_checkpoint import model_kwargs
 
 
 class FusionError(TLXError, ValueError):
@@ -43,14 +40,8 @@ class Ingredient:
         return f"{self.hparams.get('_class_path', 'tlx.models.ImageClassifier')}({self.hparams.get('backbone')})"
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments of the model, with no pretrained weights fetched (the
-        checkpoint's own weights replace them)."""
-        kwargs = {k: v for k, v in self.hparams.items() if k not in _CLI_KEYS}
-        if "weights" in kwargs:
-            kwargs["weights"] = None
-        if "weights_path" in kwargs:
-            kwargs["weights_path"] = None
-        return kwargs
+        """Constructor arguments of the model (no pretrained weights fetched)."""
+        return model_kwargs(self.hparams)
 
 
 def load_ingredients(paths: list[str], minimum: int = 1, method: str = "fuse") -> list[Ingredient]:
@@ -89,7 +80,3 @@ def checkpoint_like(template: dict[str, Any], state_dict: dict[str, Tensor],
     ckpt["state_dict"] = {k: v.clone() for k, v in state_dict.items()}
     ckpt["hyper_parameters"] = dict(template.get("hyper_parameters") or {}) if hyper_parameters is None else hyper_parameters
     return ckpt
-
-
-def same_path(a: str, b: str) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
