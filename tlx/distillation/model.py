@@ -145,7 +145,7 @@ def student_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     for key in ("teacher_ckpt", "losses", "ce_weight", "feature_stage", "teacher_cache_size"):
         hparams.pop(key, None)
-    hparams["_class_path"] = f"{ImageClassifier.__module__}.{ImageClassifier.__qualname__}"
+    hparams["_class_path"] = "tlx.models.ImageClassifier"
     state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(("backbone.", "head."))}
     keep = ("epoch", "global_step", "pytorch-lightning_version")
     return {**{k: checkpoint[k] for k in keep if k in checkpoint}, "state_dict": state, "hyper_parameters": hparams}
