@@ -9,14 +9,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from tlx.checkpointing import atomic_torch_save, safe_torch_load
 from tlx.distillation.base import DistillationLoss, Outputs, loss_from
 from tlx.distillation.teacher import Teacher, network_outputs
 from tlx.errors import DataError, TLXError
-from tlx.heads import HeadFactory
 from tlx.models import ImageClassifier
 
 log = logging.getLogger("tlx")
@@ -45,7 +43,7 @@ class DistillationClassifier(ImageClassifier):
         feature_stage: timm stage index of the feature maps for hint/attention/sp (-1: the last
             stage, before the final 1x1 convolution), in both networks.
         teacher_cache_size: teacher outputs kept per distinct view (0: recompute every step).
-        The other arguments are those of ``ImageClassifier`` (the student's).
+        **kwargs: the student's ``ImageClassifier`` arguments (backbone, weights, head, optimizer, ...).
     """
 
     def __init__(
@@ -55,21 +53,11 @@ class DistillationClassifier(ImageClassifier):
         ce_weight: float = 1.0,
         feature_stage: int = -1,
         teacher_cache_size: int = 0,
-        backbone: str = "efficientnet_lite0",
-        weights: str | None = "DEFAULT",
-        weights_path: str | None = None,
-        backbone_kwargs: dict[str, Any] | None = None,
-        head: HeadFactory | None = None,
-        class_names: list[str] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        label_smoothing: float = 0.0,
-        data_config: dict[str, Any] | None = None,
+        **kwargs: Any,
     ):
         with warnings.catch_warnings():  # "losses is an nn.Module": replaced by plain data below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            super().__init__(backbone, weights, weights_path, backbone_kwargs, head, class_names, optimizer,
-                             lr_scheduler, label_smoothing, data_config)
+            super().__init__(**kwargs)
         self.losses = nn.ModuleList([loss_from(spec) for spec in (losses or [])])
         self.hparams["losses"] = [loss.describe() for loss in self.losses]
         needs = {loss.needs for loss in self.losses}
