@@ -208,10 +208,11 @@ GROUPS = {
 
 
 # ---- the parent: run rows, summarise -----------------------------------------------------------
-def run_row(name: str, args) -> dict:
+def run_row(name: str, args, script: Path | None = None) -> dict:
+    """Row ``name`` in a child process of ``script`` (this file, or a script reusing its runner)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result_file = f.name
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--row", name, "--result-file", result_file, *args.passthrough]
+    cmd = [sys.executable, str(script or Path(__file__).resolve()), "--row", name, "--result-file", result_file, *args.passthrough]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

@@ -36,12 +36,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tlx.backbones import create_backbone  # noqa: E402
-from tlx.backbones.base import Backbone, DataConfig  # noqa: E402
+from tlx.backbones.base import Backbone  # noqa: E402
 from tlx.data.datasets import LabelledImages  # noqa: E402
 from tlx.data.folders import scan_class_folders  # noqa: E402
 from tlx.data.transforms import eval_transform  # noqa: E402
 from tlx.domain_adaptation import objectives as O  # noqa: E402
 from tlx.domain_adaptation.model import DomainAdaptationClassifier  # noqa: E402
+from tlx.preprocessing import Preprocessing  # noqa: E402
 
 OFFICE31 = (REPO / ".." / "shared" / "data" / "office31").resolve()
 TASKS = {"a2w": ("amazon", "webcam"), "w2a": ("webcam", "amazon")}
@@ -63,8 +64,8 @@ def cached_features(domain: str, size: int, cache: Path) -> tuple[torch.Tensor, 
         d = torch.load(path, weights_only=True)
         return d["features"], d["labels"], d["classes"]
     backbone = create_backbone("efficientnet_lite0", weights="DEFAULT").eval()
-    base = backbone.data_config
-    cfg = DataConfig(size, int(size / 0.875), base.interpolation, base.mean, base.std)
+    base = backbone.preprocessing
+    cfg = Preprocessing(size, int(size / 0.875), base.interpolation, base.mean, base.std)
     scan = scan_class_folders(OFFICE31 / domain, domain)
     data = LabelledImages(scan.samples, eval_transform(cfg), cfg.resize_size)
     feats, labels = [], []
@@ -112,7 +113,7 @@ def run_features(task: str, method: str, seed: int, args) -> float:
         lr_scheduler=None,
     )
     # The frozen backbone ran once, above: here it is the identity over its cached output.
-    model.backbone = Backbone(nn.Identity(), xs.shape[1], model.data_config, "efficientnet_lite0 (cached)")
+    model.backbone = Backbone(nn.Identity(), xs.shape[1], model.preprocessing, "efficientnet_lite0 (cached)")
     trainer = Trainer(
         max_steps=args.steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -83,7 +83,7 @@ def run_one(make_data, callbacks, args, data_config) -> tuple[int, float, float]
     seed_everything(42, verbose=False)
     model = ImageClassifier(
         backbone="efficientnet_lite0",
-        data_config=data_config,
+        preprocessing=data_config,
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0 if any(isinstance(c, L2SP) for c in callbacks) else 0.01),
         lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=args.epochs),
     )
@@ -114,7 +114,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    base = create_backbone("efficientnet_lite0").data_config.to_dict()
+    base = create_backbone("efficientnet_lite0").preprocessing.to_dict()
     data_config = dict(base, input_size=args.size, resize_size=round(args.size / 0.875))
     print(f"EfficientNet-Lite0 (ImageNet), {args.epochs} epochs, {args.size} px, batch {args.batch_size}, "
           f"AdamW lr {args.lr:g} + cosine, torch threads {torch.get_num_threads()}\n")

@@ -55,7 +55,7 @@ def make_data(root: Path) -> Path:
 def fit_args(data: Path, out: Path, workers: int) -> list[str]:
     return [
         "fit", "--model.class_path=tlx.models.ImageClassifier", "--model.init_args.backbone=timm:test_efficientnet",
-        "--model.init_args.weights=null", f"--model.init_args.data_config={json.dumps(TINY)}",
+        "--model.init_args.weights=null", f"--model.init_args.preprocessing={json.dumps(TINY)}",
         "--model.init_args.head=tlx.heads.LinearHead", "--model.init_args.head.dropout=0.3",
         "--model.init_args.lr_scheduler=torch.optim.lr_scheduler.CosineAnnealingLR",
         f"--model.init_args.lr_scheduler.T_max={EPOCHS}",

@@ -19,7 +19,7 @@ TORCH_CACHE = SHARED / "weights"
 TINY_PREPROCESSING = {"input_size": 32, "resize_size": 36, "interpolation": "bilinear",
                       "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 # A timm test model (0.1 M parameters), random init: no download.
-TINY_MODEL = {"backbone": "timm:test_efficientnet", "weights": None, "data_config": TINY_PREPROCESSING}
+TINY_MODEL = {"backbone": "timm:test_efficientnet", "weights": None, "preprocessing": TINY_PREPROCESSING}
 
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200), "fox": (40, 200, 40)}
 

@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 
 from tests.conftest import HYMENOPTERA, TORCH_CACHE
-from tlx.backbones import DataConfig, create_backbone, list_backbones
+from tlx.backbones import create_backbone, list_backbones
 from tlx.backbones.packaged import efficientnet_pytorch_to_timm, packaged_weights_file
 from tlx.backbones.weights_file import read_state_dict
 from tlx.data.transforms import eval_transform
 from tlx.errors import BackboneError, WeightsUnavailableError
+from tlx.preprocessing import Preprocessing
 
 IMAGENET_ANT, IMAGENET_BEE = 310, 309
 
@@ -37,7 +38,7 @@ def test_packaged_lite0_is_a_real_imagenet_model():
     state = efficientnet_pytorch_to_timm(read_state_dict(packaged_weights_file("efficientnet_lite0")), model)
     model.load_state_dict(state)
     backbone = create_backbone("efficientnet_lite0").eval()
-    transform = eval_transform(backbone.data_config)
+    transform = eval_transform(backbone.preprocessing)
     for cls, idx in (("ants", IMAGENET_ANT), ("bees", IMAGENET_BEE)):
         files = sorted(glob.glob(str(HYMENOPTERA / "val" / cls / "*.jpg")))[:12]
         x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
@@ -49,8 +50,8 @@ def test_packaged_lite0_is_a_real_imagenet_model():
 
 
 def test_packaged_lite0_preprocessing_follows_its_weights():
-    cfg = create_backbone("efficientnet_lite0").data_config
-    assert cfg == DataConfig(input_size=224, resize_size=256, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
+    cfg = create_backbone("efficientnet_lite0").preprocessing
+    assert cfg == Preprocessing(input_size=224, resize_size=256, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
     assert create_backbone("tlx:efficientnet_lite0").num_features == 1280
 
 
@@ -60,7 +61,7 @@ def test_torchvision_weights_load_from_a_prefilled_torch_home_cache(torch_home_c
     assert torch.equal(backbone.model.features[0][0].weight, cached["features.0.0.weight"])
     assert backbone.num_features == 1280
     assert backbone(torch.randn(2, 3, 64, 64)).shape == (2, 1280)
-    cfg = backbone.data_config
+    cfg = backbone.preprocessing
     assert (cfg.input_size, cfg.resize_size, cfg.interpolation) == (224, 256, "bilinear")
     assert cfg.mean == pytest.approx((0.485, 0.456, 0.406))
 
@@ -88,8 +89,8 @@ def test_torchvision_unknown_weights_lists_the_real_ones():
 def test_timm_model_by_name_with_its_data_config():
     backbone = create_backbone("timm:test_resnet", weights=None)
     assert backbone(torch.randn(2, 3, 64, 64)).shape == (2, backbone.num_features)
-    assert backbone.data_config.input_size == 160
-    assert backbone.data_config.resize_size == int(160 / 0.95)
+    assert backbone.preprocessing.input_size == 160
+    assert backbone.preprocessing.resize_size == int(160 / 0.95)
 
 
 def test_timm_offline_pretrained_gives_a_clear_error(monkeypatch):

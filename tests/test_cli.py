@@ -138,7 +138,7 @@ def test_hymenoptera_end_to_end_with_real_weights(tmp_path):
     correct = sum(r["predicted_class"] in r["file"].split("/")[-2] for r in rows)
     assert correct / 153 == pytest.approx(val_acc, abs=1e-6)
     info = json.loads((root / "lightning_logs" / "version_0" / "run.json").read_text())
-    assert info["class_names"] == ["ants", "bees"] and info["data_config"]["interpolation"] == "bicubic"
+    assert info["class_names"] == ["ants", "bees"] and info["preprocessing"]["interpolation"] == "bicubic"
 
 
 def test_data_preprocessing_override_travels_with_the_checkpoint(tiny_folder, tmp_path):
@@ -148,10 +148,10 @@ def test_data_preprocessing_override_travels_with_the_checkpoint(tiny_folder, tm
                 "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     fit = run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs",
                                 extra=[f"--data.init_args.preprocessing={json.dumps(override)}"]))
-    assert fit.model.data_config.to_dict() == override
+    assert fit.model.preprocessing.to_dict() == override
     log_dir = tmp_path / "runs" / "lightning_logs" / "version_0"
-    assert json.loads((log_dir / "run.json").read_text())["data_config"] == override
-    saved = torch.load(_ckpt(tmp_path / "runs"), weights_only=True)["hyper_parameters"]["data_config"]
+    assert json.loads((log_dir / "run.json").read_text())["preprocessing"] == override
+    saved = torch.load(_ckpt(tmp_path / "runs"), weights_only=True)["hyper_parameters"]["preprocessing"]
     assert saved == override
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, TINY_PREPROCESSING
 from tests.helpers import run_cli
 
 
@@ -12,7 +12,7 @@ def tiny_fit_args(data_root, out_dir, epochs=1, extra=()):
         "--model.class_path=tlx.models.ImageClassifier",
         f"--model.init_args.backbone={TINY_MODEL['backbone']}",
         "--model.init_args.weights=null",
-        f"--model.init_args.data_config={json.dumps(TINY_MODEL['data_config'])}",
+        f"--model.init_args.preprocessing={json.dumps(TINY_PREPROCESSING)}",
         "--data.class_path=tlx.data.ImageFolderDataModule",
         f"--data.init_args.root={data_root}",
         "--data.init_args.batch_size=4",

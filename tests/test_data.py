@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from tests.conftest import COLOURS, HYMENOPTERA, TINY_PREPROCESSING, make_imagefolder, write_image
-from tlx.backbones import DataConfig
 from tlx.data import ImageFolderDataModule
 from tlx.data.images import load_rgb
 from tlx.errors import DataError
+from tlx.preprocessing import Preprocessing
 
 
 def datamodule(root, **kwargs) -> ImageFolderDataModule:
@@ -46,7 +46,7 @@ def test_preprocessing_comes_from_the_model_weights(tiny_folder):
     trainer.strategy.connect(model)
     dm.trainer = trainer
     dm.setup("validate")
-    assert dm.data_config == model.backbone.data_config
+    assert dm.preprocessing == model.backbone.preprocessing
     x, _ = next(iter(dm.val_dataloader()))
     assert x.shape[-2:] == (224, 224)
 
@@ -201,6 +201,6 @@ def test_predict_over_a_folder_of_unlabelled_images(tmp_path, tiny_folder):
         datamodule(tiny_folder, predict_dir=str(tmp_path / "missing")).setup("predict")
 
 
-def test_data_config_round_trips_as_plain_data():
-    cfg = DataConfig.from_dict(TINY_PREPROCESSING)
-    assert DataConfig.from_dict(cfg.to_dict()) == cfg
+def test_preprocessing_round_trips_as_plain_data():
+    cfg = Preprocessing.from_dict(TINY_PREPROCESSING)
+    assert Preprocessing.from_dict(cfg.to_dict()) == cfg

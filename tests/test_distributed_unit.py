@@ -66,8 +66,9 @@ def test_scale_learning_rate_with_global_batch(tmp_path, rule, factor):
     trainer = tiny_trainer(tmp_path, accumulate_grad_batches=2, callbacks=[scale])
     trainer.fit(model, dm)
     assert scale.factor == pytest.approx(factor)
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * factor)
-    assert trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(1e-3 * factor)]
+    groups = trainer.optimizers[0].param_groups  # "all" and "all.no_decay" (AdamW decays)
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3 * factor)] * len(groups)
+    assert trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(1e-3 * factor)] * len(groups)
 
 
 def test_scale_learning_rate_rejects_bad_options():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import COLOURS, OFFICE31, TINY_MODEL, write_image
+from tests.conftest import COLOURS, OFFICE31, TINY_MODEL, TINY_PREPROCESSING, write_image
 from tests.helpers import run_cli, tiny_trainer
 from tlx.domain_adaptation import (
     CDAN,
@@ -54,7 +54,7 @@ def da_fit_args(source, target, out_dir, objective="tlx.domain_adaptation.DANN",
         "--model.class_path=tlx.domain_adaptation.DomainAdaptationClassifier",
         f"--model.init_args.backbone={TINY_MODEL['backbone']}",
         "--model.init_args.weights=null",
-        f"--model.init_args.data_config={json.dumps(TINY_MODEL['data_config'])}",
+        f"--model.init_args.preprocessing={json.dumps(TINY_PREPROCESSING)}",
         "--model.init_args.bottleneck_dim=16",
         f"--model.init_args.objective={objective}",
         "--data.class_path=tlx.domain_adaptation.DomainAdaptationDataModule",
@@ -152,7 +152,7 @@ def test_office31_config_runs_on_real_data_and_weights(tmp_path):
     small = {"input_size": 96, "resize_size": 110, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
     cli = run_cli([
         "fit", "--config", "configs/office31_a2w_cdan.yaml",
-        f"--model.init_args.data_config={json.dumps(small)}",
+        f"--model.init_args.preprocessing={json.dumps(small)}",
         "--data.init_args.batch_size=8", "--data.init_args.num_workers=0", "--data.init_args.verify_images=false",
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
         "--trainer.num_sanity_val_steps=0",
@@ -186,8 +186,8 @@ def test_every_finetuning_strategy_drives_the_da_model(config, two_domains, tmp_
     source, target = two_domains
     cli = run_cli(da_fit_args(source, target, tmp_path / "runs",
                               extra=[f"--trainer.callbacks={json.dumps(callbacks)}"]))
-    groups = {g["name"]: g for g in cli.trainer.optimizers[0].param_groups}
-    head = {id(p) for p in groups["head"]["params"]}
+    # the strategy's "head" group (split in "head" and "head.no_decay" where the optimizer decays)
+    head = {id(p) for g in cli.trainer.optimizers[0].param_groups if g["group"] == "head" for p in g["params"]}
     model = cli.model
     assert all(id(p) in head for p in model.objective.parameters())
     assert all(id(p) in head for p in model.bottleneck.parameters())

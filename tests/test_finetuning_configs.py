@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_MODEL
+from tests.conftest import REPO, TINY_MODEL, TINY_PREPROCESSING
 from tests.helpers import run_cli
 from tlx.finetuning import FinetuneStrategy
 
@@ -26,7 +26,7 @@ def test_config_fits(config: Path, tiny_folder, tmp_path):
         "fit", f"--config={config}",
         f"--model.init_args.backbone={TINY_MODEL['backbone']}",
         "--model.init_args.weights=null",
-        f"--model.init_args.data_config={json.dumps(TINY_MODEL['data_config'])}",
+        f"--model.init_args.preprocessing={json.dumps(TINY_PREPROCESSING)}",
         f"--data.init_args.root={tiny_folder}",
         "--data.init_args.batch_size=4",
         "--data.init_args.num_workers=0",

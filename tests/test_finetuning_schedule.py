@@ -89,4 +89,5 @@ def test_warmup_ramps_the_unfrozen_backbone(tiny_folder, tmp_path):
     assert backbone == pytest.approx(ramp, rel=1e-6)
     assert all(s["head"] == pytest.approx(LR) for s in steps.used)
     # the ramp lives around the step only: the group's own LR (what schedulers read) is intact
-    assert model.trainer.optimizers[0].param_groups[1]["lr"] == pytest.approx(0.1 * LR)
+    groups = {g["name"]: g for g in model.trainer.optimizers[0].param_groups}
+    assert groups["backbone"]["lr"] == pytest.approx(0.1 * LR) == groups["backbone.no_decay"]["lr"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import COLOURS, TINY_MODEL, make_imagefolder, write_image
+from tests.conftest import COLOURS, TINY_MODEL, TINY_PREPROCESSING, make_imagefolder, write_image
 from tests.test_cli_smoke import tiny_fit_args
 from tlx.cli import main
 from tlx.data import ImageFolderDataModule
@@ -163,7 +163,7 @@ def odd_images(tmp_path):
 
 def test_odd_image_files_are_named_and_skipped_or_decoded(odd_images, caplog, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # the decompression-bomb limit, scaled down
-    dm = ImageFolderDataModule(root=str(odd_images), val_split=0.2, preprocessing=TINY_MODEL["data_config"])
+    dm = ImageFolderDataModule(root=str(odd_images), val_split=0.2, preprocessing=TINY_PREPROCESSING)
     with caplog.at_level(logging.WARNING, logger="tlx"):
         kept = {p.rsplit("/", 1)[-1] for p, _ in dm.samples("train") + dm.samples("val")}
     odd = odd_images / "cat"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
-from tlx.checkpointing import PARTIAL_PREFIX, CheckpointError, SafeCheckpointIO, atomic_torch_save, safe_torch_load
+from tlx.checkpointing import PARTIAL_PREFIX, CheckpointError, SafeCheckpointIO, atomic_torch_save, atomic_write, safe_torch_load
 
 
 class Unpicklable:
@@ -39,3 +42,19 @@ def test_loading_refuses_pickled_objects(tmp_path):
         SafeCheckpointIO().load_checkpoint(path, weights_only=False)  # the caller cannot turn the check off
     with pytest.raises(CheckpointError, match="does not exist or is not a file"):
         safe_torch_load(tmp_path / "missing.ckpt")
+
+
+def test_atomic_write_fsyncs_and_gives_the_mode_a_plain_open_would(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "cache" / "x.bin", lambda f: f.write(b"abc"))
+    finally:
+        os.umask(old)
+    path = tmp_path / "cache" / "x.bin"
+    assert path.read_bytes() == b"abc"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's owner-only 0600
+    assert len(synced) >= 2  # the file and the folder holding the rename
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.bin"]

@@ -7,10 +7,10 @@ from lightning.pytorch import seed_everything
 
 from tests.conftest import TINY_MODEL, TINY_PREPROCESSING, write_image
 from tests.helpers import tiny_trainer
-from tlx.backbones import DataConfig
 from tlx.data import ImageFolderDataModule
 from tlx.data.decoded_cache import DecodedImages
 from tlx.models import ImageClassifier
+from tlx.preprocessing import Preprocessing
 
 
 def _datamodule(root, **kwargs) -> ImageFolderDataModule:
@@ -64,7 +64,7 @@ def test_fit_with_cached_images_and_workers(tiny_folder, tmp_path):
     trainer.fit(model, datamodule=dm)
     assert "val/acc" in trainer.callback_metrics
     assert len(list((tmp_path / "img").glob("images-*.npy"))) == 4  # train and val: pixels + index
-    assert DataConfig.from_dict(TINY_PREPROCESSING) == dm.data_config
+    assert Preprocessing.from_dict(TINY_PREPROCESSING) == dm.preprocessing
 
 
 def test_test_split_falling_back_to_val_reuses_its_decoded_cache(tmp_path):

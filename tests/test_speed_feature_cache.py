@@ -15,7 +15,8 @@ from tlx.errors import TLXError
 from tlx.finetuning import FreezeBackbone
 from tlx.models import ImageClassifier
 from tlx.speed import FeatureCache
-from tlx.speed.feature_cache import cache_key, files_digest, weights_digest
+from tlx.data.folders import files_digest
+from tlx.features import content_key, weights_digest
 
 
 def _fit(root, tmp_path, callbacks, epochs=1, batch_size=4, model_kwargs=None, seed=0, **trainer_kwargs):
@@ -64,7 +65,7 @@ def test_same_metrics_as_training_on_images(tiny_folder, tmp_path):
     results = []
     for callbacks in ([FreezeBackbone()], [FreezeBackbone(), FeatureCache()]):
         seed_everything(0)
-        model = ImageClassifier(**{**TINY_MODEL, "data_config": prep})
+        model = ImageClassifier(**{**TINY_MODEL, "preprocessing": prep})
         dm = ImageFolderDataModule(root=str(tiny_folder), batch_size=16, num_workers=0, crop_scale=(1.0, 1.0), hflip=0.0)
         trainer = tiny_trainer(tmp_path, max_epochs=3, callbacks=callbacks)
         trainer.fit(model, datamodule=dm)
@@ -85,7 +86,7 @@ def test_checkpoint_holds_the_whole_model_and_validates_on_images(tiny_folder, t
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert any(k.startswith("backbone.") for k in state) and any(k.startswith("head.") for k in state)
     # after fit the data module serves images again, and the same weights give the same accuracy
-    assert "train_dataloader" not in vars(dm)
+    assert "train_dataloader" not in vars(dm) and model.input_kind == "images"
     x, _ = next(iter(dm.val_dataloader()))
     assert x.ndim == 4
     metrics = tiny_trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]
@@ -103,7 +104,7 @@ def test_disk_cache_hits_and_rebuilds_on_files_preprocessing_weights(tiny_folder
     assert status() == {"train": "computed", "val": "computed"}
     assert status() == {"train": "disk", "val": "disk"}
     # another preprocessing
-    assert status(model_kwargs={"data_config": {**TINY_PREPROCESSING, "mean": [0.4, 0.4, 0.4]}})["train"] == "computed"
+    assert status(model_kwargs={"preprocessing": {**TINY_PREPROCESSING, "mean": [0.4, 0.4, 0.4]}})["train"] == "computed"
     # other weights: a different random init (the weights are hashed, not their origin)
     assert status(seed=1) == {"train": "computed", "val": "computed"}
     assert status(seed=1) == {"train": "disk", "val": "disk"}
@@ -122,6 +123,10 @@ def test_cache_key_parts():
     samples = [(__file__, 0)]
     w, f = "a" * 64, files_digest(samples)
     prep = {"input_size": 32}
+
+    def cache_key(weights, preprocessing, files):
+        return content_key(weights=weights, prep=preprocessing, files=files)
+
     assert cache_key(w, prep, f) == cache_key(w, dict(prep), f)
     assert cache_key(w, prep, f) != cache_key("b" * 64, prep, f)
     assert cache_key(w, prep, f) != cache_key(w, {"input_size": 33}, f)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_MODEL, write_image
+from tests.conftest import TINY_MODEL, TINY_PREPROCESSING, write_image
 from tests.helpers import run_cli
 from tests.test_cli_smoke import tiny_fit_args
 from tlx.data import ImageFolderDataModule
@@ -60,7 +60,7 @@ def test_predict_a_list_file_with_tta_writes_topk_csv(tiny_ckpt, tmp_path):
         p1, p2 = float(row["probability"]), float(row["probability_2"])
         assert p1 >= p2 and abs(p1 + p2 - 1) < 1e-4
         # the CSV holds the average over the 10 views of this very file
-        views = tta_transform(model.data_config, "flip_crops")(Image.open(row["file"]).convert("RGB"))
+        views = tta_transform(model.preprocessing, "flip_crops")(Image.open(row["file"]).convert("RGB"))
         with torch.no_grad():
             probs = model(views).softmax(-1).mean(0)
         assert abs(float(probs[model.class_names.index(row["predicted_class"])]) - p1) < 1e-4
@@ -70,14 +70,14 @@ def test_predict_step_averages_views_and_flip_tta_equals_manual_flip():
     model = ImageClassifier(**TINY_MODEL, class_names=["a", "b", "c"]).eval()
     img = Image.new("RGB", (50, 40))
     img.putdata([(x * 5 % 256, y * 6 % 256, (x * y) % 256) for y in range(40) for x in range(50)])
-    views = tta_transform(model.data_config, "flip")(img)
-    x = eval_transform(model.data_config)(img)
+    views = tta_transform(model.preprocessing, "flip")(img)
+    x = eval_transform(model.preprocessing)(img)
     assert torch.allclose(views[0], x) and torch.allclose(views[1], x.flip(-1))
     with torch.no_grad():
         out = model.predict_step((views[None], torch.tensor([0])), 0)
         expected = (model(x[None]).softmax(-1) + model(x.flip(-1)[None]).softmax(-1)) / 2
     assert torch.allclose(out["probs"], expected, atol=1e-6)
-    assert tta_transform(model.data_config, "crops")(img).shape == (5, 3, 32, 32)
+    assert tta_transform(model.preprocessing, "crops")(img).shape == (5, 3, 32, 32)
 
 
 def test_predict_files_errors_name_the_entry(tmp_path):
@@ -95,7 +95,7 @@ def test_predict_files_errors_name_the_entry(tmp_path):
     with pytest.raises(DataError, match="lists no image"):
         read_file_list(str(tmp_path / "empty.txt"))
     with pytest.raises(DataError, match="neither an image"):
-        ImageFolderDataModule(predict_files=str(tmp_path / "nope.txt"), preprocessing=TINY_MODEL["data_config"]).setup("predict")
+        ImageFolderDataModule(predict_files=str(tmp_path / "nope.txt"), preprocessing=TINY_PREPROCESSING).setup("predict")
 
 
 def test_export_round_trips_through_torchscript_and_onnxruntime(tiny_ckpt, tmp_path):
@@ -115,12 +115,12 @@ def test_export_round_trips_through_torchscript_and_onnxruntime(tiny_ckpt, tmp_p
     model = ImageClassifier.load_from_checkpoint(ckpt, weights=None).eval()
     files = sorted((root / "train").rglob("*.png"))[::3][:3]
     from tlx.export import unit_range_transform
-    from tlx.backbones.base import DataConfig
+    from tlx.preprocessing import Preprocessing
 
-    cfg = DataConfig.from_dict(meta["preprocessing"])
+    cfg = Preprocessing.from_dict(meta["preprocessing"])
     x = torch.stack([unit_range_transform(cfg)(Image.open(f).convert("RGB")) for f in files])
     with torch.no_grad():
-        expected = model(torch.stack([eval_transform(model.data_config)(Image.open(f).convert("RGB")) for f in files])).softmax(-1)
+        expected = model(torch.stack([eval_transform(model.preprocessing)(Image.open(f).convert("RGB")) for f in files])).softmax(-1)
     session = ort.InferenceSession(str(out / "best.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["probabilities"], {"image": x.numpy()})[0]
     assert got.shape == (3, 2) and abs(got - expected.numpy()).max() < 1e-4

@@ -24,6 +24,7 @@ from tlx.callbacks.random_state import RandomState
 from tlx.checkpointing import SafeCheckpointIO, load_error, safe_torch_load
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
+from tlx.preprocessing import fed_preprocessing
 from tlx.trainer import TLXTrainer
 from tlx.speed.precision import resolve_precision
 
@@ -41,8 +42,8 @@ class SaveRunInfo(SaveConfigCallback):
         datamodule = trainer.datamodule
         info = {
             "class_names": getattr(datamodule, "class_names", None) or getattr(pl_module, "class_names", None),
-            # the data module's: data.preprocessing may override the model's (which adopts it in setup)
-            "data_config": (getattr(datamodule, "data_config", None) or pl_module.data_config).to_dict(),
+            # what the data feeds the model (the model adopts it in its setup, after this hook)
+            "preprocessing": fed_preprocessing(pl_module, datamodule).to_dict(),
             "backbone": getattr(getattr(pl_module, "backbone", None), "name", None),
             "stage": stage,
         }

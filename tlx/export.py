@@ -22,12 +22,12 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
 
-from tlx.backbones.base import DataConfig
 from tlx.data.datasets import image_files
 from tlx.data.file_list import read_file_list
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError, TLXError
+from tlx.preprocessing import Preprocessing
 
 log = logging.getLogger("tlx")
 
@@ -42,26 +42,26 @@ class ExportError(TLXError):
 class ExportedClassifier(nn.Module):
     """``[0, 1]`` RGB crops in, class probabilities out: normalisation + backbone + head + softmax."""
 
-    def __init__(self, model: LightningModule, data_config: DataConfig):
+    def __init__(self, model: LightningModule, preprocessing: Preprocessing):
         super().__init__()
         # The model's own feature path (a subclass may add layers, e.g. a domain-adaptation
         # bottleneck), as plain modules: tracing cannot walk a LightningModule.
         self.features = model.feature_network()
         self.head = model.head
-        self.register_buffer("mean", torch.tensor(data_config.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(data_config.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, image: Tensor) -> Tensor:
         return self.head(self.features((image - self.mean) / self.std)).softmax(dim=-1)
 
 
-def unit_range_transform(cfg: DataConfig):
+def unit_range_transform(cfg: Preprocessing):
     """The preprocessing an exported model expects: resize, centre-crop, scale to [0, 1]."""
-    return eval_transform(DataConfig(cfg.input_size, cfg.resize_size, cfg.interpolation, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    return eval_transform(Preprocessing(cfg.input_size, cfg.resize_size, cfg.interpolation, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
 
 
 def metadata(model: LightningModule, ckpt_path: str) -> dict[str, Any]:
-    cfg: DataConfig = model.data_config
+    cfg: Preprocessing = model.preprocessing
     return {
         "class_names": list(model.class_names),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, cfg.input_size, cfg.input_size], "dtype": "float32",
@@ -82,11 +82,12 @@ def metadata(model: LightningModule, ckpt_path: str) -> dict[str, Any]:
 def _datamodule_from_checkpoint(ckpt_path: str) -> LightningDataModule | None:
     """The ImageFolderDataModule the checkpoint was trained with, when its data is still on disk."""
     from tlx.data import ImageFolderDataModule
+    from tlx.data.base import ImageDataModule
 
     hp = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
     if not hp.get("root") or not Path(hp["root"]).is_dir():
         return None
-    known = inspect.signature(ImageFolderDataModule).parameters
+    known = {*inspect.signature(ImageFolderDataModule).parameters, *inspect.signature(ImageDataModule).parameters}
     try:
         return ImageFolderDataModule(**{k: v for k, v in hp.items() if k in known})
     except (TypeError, ValueError):
@@ -141,7 +142,7 @@ def export_checkpoint(
     out = Path(output_dir) if output_dir else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
 
-    cfg: DataConfig = model.data_config
+    cfg: Preprocessing = model.preprocessing
     wrapper = ExportedClassifier(model, cfg).eval()
     if not verify_images and getattr(datamodule, "root", None) is None:
         datamodule = _datamodule_from_checkpoint(ckpt_path)  # verify on the training run's own val images

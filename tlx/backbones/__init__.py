@@ -5,7 +5,7 @@ offline), ``torchvision:`` and ``timm:``.
 """
 
 from tlx.backbones import packaged, timm_models, torchvision_models  # noqa: F401  (registration)
-from tlx.backbones.base import Backbone, DataConfig
+from tlx.backbones.base import Backbone
 from tlx.backbones.registry import create_backbone, list_backbones, register_source
 
-__all__ = ["Backbone", "DataConfig", "create_backbone", "list_backbones", "register_source"]
+__all__ = ["Backbone", "create_backbone", "list_backbones", "register_source"]

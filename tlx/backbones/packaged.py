@@ -19,7 +19,8 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import Tensor
 
-from tlx.backbones.base import Backbone, DataConfig
+from tlx.backbones.base import Backbone
+from tlx.preprocessing import Preprocessing
 from tlx.backbones.registry import register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
 from tlx.errors import WeightsUnavailableError
@@ -81,5 +82,5 @@ def create_packaged_backbone(
         if any(k.startswith("_conv_stem.") for k in state):
             state = efficientnet_pytorch_to_timm(state, model)
         load_weights_into(model, state, str(source), f"tlx:{name}")
-    data_config = DataConfig.from_timm(resolve_model_data_config(model))
-    return Backbone(model, model.num_features, data_config, name=f"tlx:{name}")
+    preprocessing = Preprocessing.from_timm(resolve_model_data_config(model))
+    return Backbone(model, model.num_features, preprocessing, name=f"tlx:{name}")

@@ -8,7 +8,8 @@ from typing import Any
 import timm
 from timm.data import resolve_model_data_config
 
-from tlx.backbones.base import Backbone, DataConfig
+from tlx.backbones.base import Backbone
+from tlx.preprocessing import Preprocessing
 from tlx.backbones.registry import register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
 from tlx.errors import WeightsUnavailableError
@@ -39,5 +40,5 @@ def create_timm_backbone(
         ) from None
     if weights_path:
         load_weights_into(model, read_state_dict(weights_path), weights_path, f"timm:{name}")
-    data_config = DataConfig.from_timm(resolve_model_data_config(model))
-    return Backbone(model, model.num_features, data_config, name=f"timm:{full_name}")
+    preprocessing = Preprocessing.from_timm(resolve_model_data_config(model))
+    return Backbone(model, model.num_features, preprocessing, name=f"timm:{full_name}")

@@ -15,7 +15,8 @@ import torch
 import torchvision
 from torch import nn
 
-from tlx.backbones.base import Backbone, DataConfig
+from tlx.backbones.base import Backbone
+from tlx.preprocessing import Preprocessing
 from tlx.backbones.registry import register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
 from tlx.errors import BackboneError, WeightsUnavailableError, close_names
@@ -39,9 +40,9 @@ def _drop_classifier(model: nn.Module) -> int:
     return last.in_features
 
 
-def _data_config(weights: torchvision.models.WeightsEnum) -> DataConfig:
+def _preprocessing(weights: torchvision.models.WeightsEnum) -> Preprocessing:
     preset = weights.transforms()
-    return DataConfig(
+    return Preprocessing(
         input_size=int(preset.crop_size[0]),
         resize_size=int(preset.resize_size[0]),
         interpolation=preset.interpolation.value,
@@ -82,5 +83,5 @@ def create_torchvision_backbone(
     if weights_path:
         load_weights_into(model, read_state_dict(weights_path), weights_path, f"torchvision:{name}")
     # Without weights, the architecture's default recipe still says how its inputs look.
-    data_config = _data_config(chosen or enum_cls.DEFAULT)
-    return Backbone(model, num_features, data_config, name=f"torchvision:{name}")
+    preprocessing = _preprocessing(chosen or enum_cls.DEFAULT)
+    return Backbone(model, num_features, preprocessing, name=f"torchvision:{name}")

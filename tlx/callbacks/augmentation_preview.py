@@ -6,7 +6,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from tlx.callbacks.tensorboard_images import add_figure, class_name, data_config, tensorboard_writers
+from tlx.callbacks.tensorboard_images import class_name, preprocessing
+from tlx.tensorboard import add_figure, tensorboard_writers
 from tlx.visuals import denormalize, image_grid_figure
 
 
@@ -37,7 +38,7 @@ class AugmentationPreview(Callback):
             return
         x, y = batch
         x, y = x[: self.num_images], y[: self.num_images].detach().cpu()
-        cfg = data_config(trainer, pl_module)
+        cfg = preprocessing(trainer, pl_module)
         if y.ndim == 2:  # MixUp/CutMix soft labels: the two classes mixed, with their weights
             titles = []
             for row in y:

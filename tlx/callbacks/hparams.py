@@ -7,7 +7,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+
+from tlx.tensorboard import tensorboard_loggers
 
 
 class HParamsMetrics(Callback):
@@ -27,12 +28,6 @@ class HParamsMetrics(Callback):
     def __init__(self, metrics: Sequence[str] = ("val/acc", "val/f1", "val/loss", "val/acc_top5", "train/loss")):
         self.metrics = list(metrics)
 
-    @staticmethod
-    def _tensorboards(trainer: Trainer) -> list[TensorBoardLogger]:
-        if not trainer.is_global_zero:
-            return []
-        return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-
     def _columns(self, pl_module: LightningModule) -> list[str]:
         n = getattr(pl_module, "num_classes", None) or 0
         return ["hp_metric"] + [f"final/{m}" for m in self.metrics if not (m.endswith("acc_top5") and n <= 5)]
@@ -46,7 +41,7 @@ class HParamsMetrics(Callback):
         params["trainer/max_epochs"] = trainer.max_epochs
         # NaN until measured; the values logged at the end of fit are the latest, so they show.
         columns = {name: float("nan") for name in self._columns(pl_module)}
-        for logger in self._tensorboards(trainer):
+        for logger in tensorboard_loggers(trainer):
             saved = dict(logger.hparams)
             logger.log_hyperparams(params, metrics=columns, step=0)
             # hparams.yaml stays the model's own (these flattened keys are for the HPARAMS tab only)
@@ -66,7 +61,7 @@ class HParamsMetrics(Callback):
         return values
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        loggers = self._tensorboards(trainer)
+        loggers = tensorboard_loggers(trainer)
         if not loggers:
             return
         metrics = self.final_metrics(trainer, pl_module)

@@ -7,7 +7,7 @@ from lightning.pytorch import LightningModule, Trainer
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from tlx.callbacks.tensorboard_images import ValidationImages, class_name, data_config
+from tlx.callbacks.tensorboard_images import ValidationImages, class_name, preprocessing
 from tlx.visuals import BAD, GOOD, denormalize, image_grid_figure
 
 
@@ -70,7 +70,7 @@ class PredictionGallery(ValidationImages):
             self._spare = self._spare[len(fill):]
         if not self._targets:
             return None
-        cfg = data_config(trainer, pl_module)
+        cfg = preprocessing(trainer, pl_module)
         images = denormalize(torch.cat(self._images), cfg.mean, cfg.std)
         targets, probs = torch.cat(self._targets), torch.cat(self._probs)
         conf, pred = probs.max(dim=1)

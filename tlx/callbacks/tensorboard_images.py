@@ -6,33 +6,21 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from tlx.backbones.base import DataConfig
+from tlx.preprocessing import Preprocessing, fed_preprocessing
+from tlx.tensorboard import add_figure
 
 
-def tensorboard_writers(trainer: Trainer) -> list[Any]:
-    """The SummaryWriters of the trainer's TensorBoard loggers (none off rank 0)."""
-    if not trainer.is_global_zero:
-        return []
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-
-
-def data_config(trainer: Trainer, pl_module: LightningModule) -> DataConfig:
-    """The preprocessing the images went through: the datamodule's override, else the model's."""
-    return getattr(trainer.datamodule, "data_config", None) or pl_module.data_config
+def preprocessing(trainer: Trainer, pl_module: LightningModule) -> Preprocessing:
+    """The preprocessing the images went through (to show them as they were)."""
+    return fed_preprocessing(pl_module, trainer.datamodule)
 
 
 def class_name(pl_module: LightningModule, index: int) -> str:
     names = getattr(pl_module, "class_names", None)
     return names[index] if names and 0 <= index < len(names) else str(index)
-
-
-def add_figure(trainer: Trainer, tag: str, fig: Figure, step: int) -> None:
-    for writer in tensorboard_writers(trainer):
-        writer.add_figure(tag, fig, step, close=False)
 
 
 class ValidationImages(Callback):

@@ -8,7 +8,7 @@ from lightning.pytorch import LightningModule, Trainer
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from tlx.callbacks.tensorboard_images import ValidationImages, class_name, data_config
+from tlx.callbacks.tensorboard_images import ValidationImages, class_name, preprocessing
 from tlx.visuals import BAD, GOOD, denormalize, image_grid_figure
 
 
@@ -56,7 +56,7 @@ class TopLosses(ValidationImages):
     def render(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
         if not len(self._losses):
             return None
-        cfg = data_config(trainer, pl_module)
+        cfg = preprocessing(trainer, pl_module)
         images = denormalize(self._images, cfg.mean, cfg.std)
         pred = self._probs.argmax(dim=1)
         titles, colors = [], []

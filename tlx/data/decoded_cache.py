@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 from tlx.data.datasets import LabelledImages
 from tlx.data.folders import files_digest
 from tlx.data.images import load_rgb
+from tlx.checkpointing import atomic_write
 from tlx.data.shared_build import all_ranks, barrier, build_shared, is_writer
 
 log = logging.getLogger("tlx")
@@ -101,11 +101,8 @@ class DecodedImages:
                  time.perf_counter() - start)
         if files:
             if is_writer():
-                files[0].parent.mkdir(parents=True, exist_ok=True)
                 for file, array in zip(files, (self.pixels, self.index)):
-                    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp.npy")  # per process: runs may share the dir
-                    np.save(tmp, array)
-                    os.replace(tmp, file)  # atomic: a killed run leaves no half-written cache
+                    atomic_write(file, lambda f, a=array: np.save(f, a))  # a killed run leaves no half-written cache
             barrier()
             # Workers (and, under DDP, all ranks of a node) then map one file instead of each holding a copy.
             if all_ranks(files[0].is_file()):

@@ -6,10 +6,9 @@ import logging
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from tlx.backbones.base import DataConfig
+from tlx.data.base import ImageDataModule
 from tlx.data.decoded_cache import CachedLabelledImages, DecodedImages
 from tlx.data.datasets import LabelledImages, MixingCollate, UnlabelledImages, image_files
 from tlx.data.file_list import read_file_list
@@ -18,28 +17,26 @@ from tlx.data.folders import (
     Sample,
     check_same_classes,
     class_folders,
-    drop_unreadable,
     scan_class_folders,
     stratified_split,
 )
 from tlx.data.resumable import ResumableTrainData
-from tlx.data.sampling import eval_sampler
-from tlx.data.transforms import AutoAugment, batch_mixing, eval_transform, train_transform
+from tlx.data.transforms import batch_mixing
 from tlx.data.tta import TTA, tta_transform
 from tlx.errors import DataError
 
 log = logging.getLogger("tlx")
 
 
-class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
+class ImageFolderDataModule(ResumableTrainData, ImageDataModule):
     """Images in class folders, in either of two layouts.
 
     * ``root/{train,val[,test]}/<class>/*``: the splits as given (no ``val`` folder: ``val_split``
       of ``train`` is held out; no ``test`` folder: testing uses ``val``).
     * ``root/<class>/*``: a seeded, stratified ``val_split`` of it is held out for validation.
 
-    Preprocessing (size, resize, mean/std, interpolation) comes from the model's backbone unless
-    ``data_config`` is set. Files that are not images are skipped by extension, and files that
+    Preprocessing (size, resize, mean/std, interpolation) comes from the model unless
+    ``preprocessing`` is set (:func:`tlx.preprocessing.resolve_preprocessing`). Files that are not images are skipped by extension, and files that
     do not decode are skipped before training starts; both are reported by name.
 
     Args:
@@ -51,20 +48,13 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
             (takes precedence over ``predict_dir``).
         tta: test-time augmentation for ``predict``: ``flip`` (2 views), ``crops`` (5: corners
             and centre), ``flip_crops`` (10); the model averages the views' probabilities.
-        batch_size: training batch size; ``eval_batch_size`` defaults to it.
-        num_workers: DataLoader worker processes.
-        crop_scale: area range of RandomResizedCrop.
-        hflip: probability of a horizontal flip.
-        auto_augment: ``trivialaugment`` or ``randaugment`` on top of crop and flip.
         mixup_alpha: MixUp strength (0 = off); ``cutmix_alpha`` likewise.
         balanced_sampling: draw training images with probability inverse to their class size.
-        verify_images: decode every file once before training and skip those that fail.
-        fast_decode: let JPEG decoding skip resolution the resize would discard anyway.
-        preprocessing: override the model's preprocessing (keys of :class:`tlx.backbones.DataConfig`).
         cache_images: decode and resize every train/val/test image once and keep the uint8 pixels
             (shared by the workers; random crops and flips still apply every epoch).
             See :mod:`tlx.data.decoded_cache`.
         image_cache_dir: keep that cache as memory-mapped files here, reused by later runs.
+        The loader, augmentation and preprocessing options are those of :class:`tlx.data.base.ImageDataModule`.
     """
 
     def __init__(
@@ -78,27 +68,16 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
         predict_dir: str | None = None,
         predict_files: list[str] | str | None = None,
         tta: TTA = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        persistent_workers: bool = True,
-        pin_memory: bool | None = None,
-        crop_scale: tuple[float, float] = (0.08, 1.0),
-        hflip: float = 0.5,
-        auto_augment: AutoAugment = None,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         balanced_sampling: bool = False,
-        verify_images: bool = True,
-        fast_decode: bool = True,
-        preprocessing: dict | None = None,
         cache_images: bool = False,
         image_cache_dir: str | None = None,
+        **kwargs,
     ):
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.root = Path(root) if root else None
-        self.data_config = DataConfig.from_dict(preprocessing) if preprocessing else None
+        self._features: dict[str, DataLoader] = {}  # split -> a loader of cached features (serve_features)
         self._scans: dict[str, FolderScan] | None = None
         self._splits: dict[str, list[Sample]] = {}
         self.predict_paths: list[str] = []
@@ -155,20 +134,11 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
         return self._splits[split]
 
     def _verified(self, samples: list[Sample], split: str) -> list[Sample]:
-        if not self.hparams.verify_images:
-            return samples
-        kept = drop_unreadable(samples, f"{self.root} ({split})")
-        if not kept:
-            raise DataError(f"No readable images in the {split} split of {self.root}.")
-        return kept
+        return self.verified(samples, f"{self.root} ({split})", f"the {split} split of {self.root}")
 
     # ---- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self.data_config is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            self.data_config = getattr(module, "data_config", None)
-        if self.data_config is None:
-            raise DataError("No preprocessing known: attach a model with a backbone, or set data.preprocessing.")
+        self.resolve_preprocessing()
         if stage == "fit":
             self.samples("train"), self.samples("val")
         elif stage in ("validate", "test"):
@@ -186,68 +156,61 @@ class ImageFolderDataModule(ResumableTrainData, LightningDataModule):
             else:
                 self.predict_paths = [p for p, _ in self.samples("test")]
 
-    @property
-    def _min_short_side(self) -> int | None:
-        return self.data_config.resize_size if self.hparams.fast_decode else None
-
     def train_dataset(self) -> LabelledImages:
-        hp = self.hparams
-        transform = train_transform(self.data_config, tuple(hp.crop_scale), hp.hflip, hp.auto_augment)
-        return self._dataset("train", transform)
+        return self._dataset("train", self.train_transform())
 
     def eval_dataset(self, split: str) -> LabelledImages:
-        return self._dataset(split, eval_transform(self.data_config))
+        return self._dataset(split, self.eval_transform())
 
     def _dataset(self, split: str, transform) -> LabelledImages:
         if not self.hparams.cache_images:
-            return LabelledImages(self.samples(split), transform, self._min_short_side)
+            return LabelledImages(self.samples(split), transform, self.min_short_side)
         samples = self.samples(split)
         # One cache per list of files: without a test folder, test is the val list (decoded once).
         key = "val" if split == "test" and samples is self._splits.get("val") else split
         if key not in self._decoded:  # built here, in the main process, before workers fork
-            cfg = self.data_config
+            cfg = self.preprocessing
             self._decoded[key] = DecodedImages(
                 [p for p, _ in samples], max(cfg.resize_size, cfg.input_size), cfg.interpolation,
-                self._min_short_side, self.hparams.num_workers, self.hparams.image_cache_dir,
+                self.min_short_side, self.hparams.num_workers, self.hparams.image_cache_dir,
             )
         return CachedLabelledImages(samples, transform, self._decoded[key])
 
-    def _loader(self, dataset: Dataset, train: bool, evaluation: bool = False) -> DataLoader:
+    def _train_loader(self, dataset: LabelledImages) -> DataLoader:
         hp = self.hparams
-        workers = hp.num_workers
-        collate, weights, source = None, None, {"dataset": dataset}
-        if train and hp.balanced_sampling:
+        collate, weights = None, None
+        if hp.balanced_sampling:
             counts = torch.bincount(torch.tensor(dataset.targets), minlength=len(self.class_names))
             weights = (1.0 / counts.clamp(min=1).double())[dataset.targets]
-        if train and (mix := batch_mixing(len(self.class_names), hp.mixup_alpha, hp.cutmix_alpha)):
+        if mix := batch_mixing(len(self.class_names), hp.mixup_alpha, hp.cutmix_alpha):
             collate = MixingCollate(mix)
-        if evaluation:  # under DDP: unpadded shards, so that metrics count every image once
-            source["sampler"] = eval_sampler(dataset, self.trainer)
-        batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
-        if train:  # seeded order and augmentations that a checkpoint can resume mid-epoch (resumable.py)
-            source = self.resumable(dataset, batch_size, weights)
-        return DataLoader(
-            **source,  # dataset and sampler
-            batch_size=batch_size,
-            # A last batch of one image breaks BatchNorm in training; drop the remainder instead.
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=workers,
-            persistent_workers=hp.persistent_workers and workers > 0,
-            pin_memory=torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory,
-            collate_fn=collate,
-        )
+        # seeded order and augmentations that a checkpoint can resume mid-epoch (resumable.py)
+        return self.loader(dataset, True, source=self.resumable(dataset, hp.batch_size, weights), collate_fn=collate)
+
+    # ---- cached features instead of images (tlx.speed.FeatureCache) ------------------------
+    def serve_features(self, train: DataLoader, val: DataLoader) -> None:
+        """Serve these loaders of precomputed features for fit's training and validation, until
+        :meth:`serve_images`. Test and predict always read images."""
+        self._features = {"train": train, "val": val}
+
+    def serve_images(self) -> None:
+        self._features = {}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), train=True)
+        if "train" in self._features:
+            return self._features["train"]
+        return self._train_loader(self.train_dataset())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_dataset("val"), train=False, evaluation=True)
+        if "val" in self._features:
+            return self._features["val"]
+        return self.loader(self.eval_dataset("val"), train=False, evaluation=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_dataset("test"), train=False, evaluation=True)
+        return self.loader(self.eval_dataset("test"), train=False, evaluation=True)
 
     def predict_dataloader(self) -> DataLoader:
         tta = self.hparams.tta
-        transform = tta_transform(self.data_config, tta) if tta else eval_transform(self.data_config)
-        dataset = UnlabelledImages(self.predict_paths, transform, self._min_short_side)
-        return self._loader(dataset, train=False)
+        transform = tta_transform(self.preprocessing, tta) if tta else self.eval_transform()
+        dataset = UnlabelledImages(self.predict_paths, transform, self.min_short_side)
+        return self.loader(dataset, train=False)

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
-from tlx.backbones.base import DataConfig
-from tlx.data.transforms import _interpolation, _to_normalized_float
+from tlx.data.transforms import interpolation, to_normalized_float
+from tlx.preprocessing import Preprocessing
 
 TTA = Literal["flip", "crops", "flip_crops"] | None
 
@@ -30,7 +30,7 @@ class _WithFlip(v2.Transform):
         return x, v2.functional.horizontal_flip(x)
 
 
-def tta_transform(cfg: DataConfig, mode: TTA) -> v2.Compose:
+def tta_transform(cfg: Preprocessing, mode: TTA) -> v2.Compose:
     """Image -> ``(V, 3, input_size, input_size)`` normalised views.
 
     * ``flip``: the evaluation centre crop and its mirror image (2 views);
@@ -42,11 +42,11 @@ def tta_transform(cfg: DataConfig, mode: TTA) -> v2.Compose:
         raise ValueError(f"unknown test-time augmentation {mode!r}; choose from {sorted(TTA_VIEWS)}")
     steps: list[v2.Transform] = [
         v2.ToImage(),
-        v2.Resize(cfg.resize_size, interpolation=_interpolation(cfg), antialias=True),
+        v2.Resize(cfg.resize_size, interpolation=interpolation(cfg), antialias=True),
     ]
     if mode == "flip":
         steps += [v2.CenterCrop(cfg.input_size), _WithFlip()]
     else:
         steps += [v2.CenterCrop(cfg.resize_size),
                   v2.FiveCrop(cfg.input_size) if mode == "crops" else v2.TenCrop(cfg.input_size)]
-    return v2.Compose(steps + [_Stack(), *_to_normalized_float(cfg)])
+    return v2.Compose(steps + [_Stack(), *to_normalized_float(cfg)])

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from tlx.compat import attached_trainer
 from tlx.domain_adaptation.objectives import DomainBatch, Objective, SourceOnly
 from tlx.errors import TLXError
 from tlx.heads import HeadFactory
 from tlx.models import ImageClassifier
+from tlx.plain import from_plain
 
 
 def _objective_from(spec: Objective | dict | str | None) -> Objective:
@@ -25,8 +26,7 @@ def _objective_from(spec: Objective | dict | str | None) -> Objective:
         return spec
     if isinstance(spec, str):
         spec = {"class_path": spec}
-    module, _, name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
+    cls = from_plain(spec["class_path"], "objective")
     if not (isinstance(cls, type) and issubclass(cls, Objective)):
         raise TLXError(f"objective {spec['class_path']!r} is not a tlx.domain_adaptation Objective.")
     return cls(**(spec.get("init_args") or {}))
@@ -60,15 +60,18 @@ class DomainAdaptationClassifier(ImageClassifier):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        preprocessing: dict[str, Any] | None = None,
         data_config: dict[str, Any] | None = None,
         objective: Objective | None = None,
         bottleneck_dim: int | None = 256,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        no_decay_norm_bias: bool = True,
     ):
         # The head is built below, once the bottleneck (its input) and the objective exist.
         with warnings.catch_warnings():  # "objective is an nn.Module": replaced by plain data below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             super().__init__(backbone, weights, weights_path, backbone_kwargs, head, None, optimizer, lr_scheduler,
-                             label_smoothing, data_config)
+                             label_smoothing, preprocessing, data_config, lr_scheduler_interval, no_decay_norm_bias)
         self.objective = _objective_from(objective)
         # Plain data in the hyperparameters: checkpoints load with weights_only=True.
         self.hparams["objective"] = self.objective.describe()
@@ -102,7 +105,7 @@ class DomainAdaptationClassifier(ImageClassifier):
     @property
     def progress(self) -> float:
         """Fraction of training done, for the objectives' warm-start schedules."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None:
             return 1.0
         total = trainer.estimated_stepping_batches

@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
+import warnings
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from tlx.backbones import DataConfig, create_backbone
+from tlx.backbones import create_backbone
 from tlx.errors import DataError, TLXError
-from tlx.finetuning.base import fit_scheduler_to_groups, optimizer_param_groups, scale_group_lrs
 from tlx.heads import HeadFactory, LinearHead
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
+from tlx.optim import ParamGroup, ParamGroupsProvider, optimizer_param_groups, scale_learning_rates
+from tlx.plain import from_plain, to_plain
+from tlx.preprocessing import fed_preprocessing, resolve_preprocessing
+from tlx.tensorboard import add_figure, tensorboard_loggers
 
 log = logging.getLogger("tlx")
-
-
-def _plain(value: Any) -> Any:
-    """Hyperparameters must stay plain data (checkpoints load with weights_only=True)."""
-    if inspect.isclass(value) or inspect.isfunction(value):
-        return f"{value.__module__}.{value.__qualname__}"
-    return value
-
-
-def _from_plain(value: Any) -> Any:
-    """The inverse of :func:`_plain`, for hyperparameters read back from a checkpoint (a dotted
-    name, or a ``class_path``/``init_args`` dict when LightningCLI's instantiator is absent)."""
-    if isinstance(value, str):
-        module, _, name = value.rpartition(".")
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise TLXError(f"Cannot import {value!r} named in the model's hyperparameters: {e}") from e
-    if isinstance(value, dict) and "class_path" in value:
-        return functools.partial(_from_plain(value["class_path"]), **(value.get("init_args") or {}))
-    return value
 
 
 class ImageClassifier(LightningModule):
@@ -59,15 +38,23 @@ class ImageClassifier(LightningModule):
         head: the classifier head, called as ``head(num_features, num_classes)``; default
             :class:`~tlx.heads.LinearHead`.
         class_names: filled in from the data (and stored in checkpoints); set it only to pin them.
-        optimizer: called with the trainable parameters (or, with a fine-tuning strategy from
-            :mod:`tlx.finetuning` in ``trainer.callbacks``, its named parameter groups, each
-            group's LR scaled by the strategy); default AdamW (lr 1e-3). (Defaults are
-            ``None`` so that jsonargparse cannot carry a default class's arguments, such as
-            AdamW's weight decay, into the class a config names instead.)
-        lr_scheduler: called with the optimizer; stepped every epoch.
+        optimizer: called with named parameter groups: the trainable parameters (``all``), or
+            the groups of the fine-tuning strategy in ``trainer.callbacks`` (which sets
+            :attr:`param_groups_provider`), each group's LR scaled by its ``lr_scale``; default
+            AdamW (lr 1e-3). (Defaults are ``None`` so that jsonargparse cannot carry a default
+            class's arguments, such as AdamW's weight decay, into the class a config names instead.)
+        lr_scheduler: called with the optimizer; a scheduler with ``set_total_steps``
+            (:class:`tlx.optim.WarmupCosine`) is told the run's length in scheduler steps.
+        lr_scheduler_interval: step the scheduler every ``epoch`` or every optimizer ``step``.
+        no_decay_norm_bias: exempt norm layers, biases and ``no_weight_decay()`` parameters (a
+            ViT's ``pos_embed``, ``cls_token``) from weight decay, as timm does; each group
+            ``name`` then has a ``name.no_decay`` partner. Only where the optimizer decays.
         label_smoothing: cross-entropy label smoothing.
-        data_config: preprocessing override (``input_size``, ``resize_size``, ``interpolation``,
-            ``mean``, ``std``); by default the backbone weights' own.
+        preprocessing: preprocessing override (``input_size``, ``resize_size``, ``interpolation``,
+            ``mean``, ``std``); by default the backbone weights' own. A data module's
+            ``preprocessing`` overrides this one in turn, and the checkpoint records what the data
+            fed (:func:`tlx.preprocessing.resolve_preprocessing`).
+        data_config: the former name of ``preprocessing`` (deprecated; still read from checkpoints).
     """
 
     def __init__(
@@ -81,18 +68,31 @@ class ImageClassifier(LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        preprocessing: dict[str, Any] | None = None,
         data_config: dict[str, Any] | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        no_decay_norm_bias: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
         for key in ("head", "optimizer", "lr_scheduler"):
-            self.hparams[key] = _plain(self.hparams.get(key))
+            self.hparams[key] = to_plain(self.hparams.get(key))
         self.backbone = create_backbone(backbone, weights=weights, weights_path=weights_path, **(backbone_kwargs or {}))
-        self.data_config = DataConfig.from_dict(data_config) if data_config else self.backbone.data_config
-        self.hparams["data_config"] = self.data_config.to_dict()
-        self.head_factory = _from_plain(head) or LinearHead
-        self.optimizer_factory = _from_plain(optimizer) or torch.optim.AdamW
-        self.scheduler_factory = _from_plain(lr_scheduler)
+        if data_config is not None and preprocessing is None:
+            warnings.warn("model.data_config is deprecated: name it model.preprocessing.", FutureWarning, stacklevel=2)
+            preprocessing = data_config
+        self.preprocessing = resolve_preprocessing(self.backbone.preprocessing, preprocessing)
+        self.hparams["preprocessing"], self.hparams["data_config"] = self.preprocessing.to_dict(), None
+        self.head_factory = from_plain(head) or LinearHead
+        self.optimizer_factory = from_plain(optimizer) or torch.optim.AdamW
+        self.scheduler_factory = from_plain(lr_scheduler)
+        self.input_kind = "images"  # or "features": see take_features
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise TLXError(f"model.lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}.")
+        # Set from outside, read once in configure_optimizers: the strategy's groups
+        # (tlx.finetuning) and the batch-size LR factor (tlx.callbacks.ScaleLearningRate).
+        self.param_groups_provider: ParamGroupsProvider | None = None
+        self.lr_factor = 1.0
         self.class_names = list(class_names) if class_names else None
         self.head: torch.nn.Module | None = None
         if self.class_names:
@@ -128,12 +128,10 @@ class ImageClassifier(LightningModule):
                 "a checkpoint only fits data with the same class folders."
             )
         self.hparams["class_names"] = self.class_names
-        # data.preprocessing overrides the backbone's: record what the data really feeds the model,
+        # data.preprocessing overrides the model's: record what the data really feeds the model,
         # so that the checkpoint (predict, export) preprocesses as training did.
-        data_config = getattr(datamodule, "data_config", None)
-        if isinstance(data_config, DataConfig) and data_config != self.data_config:
-            self.data_config = data_config
-            self.hparams["data_config"] = data_config.to_dict()
+        self.preprocessing = fed_preprocessing(self, datamodule)
+        self.hparams["preprocessing"] = self.preprocessing.to_dict()
 
     def configure_model(self) -> None:
         if self.head is None and self.class_names:
@@ -145,10 +143,18 @@ class ImageClassifier(LightningModule):
         """Width of what :meth:`features` returns (the head's input); subclasses may add layers."""
         return self.backbone.num_features
 
+    def take_features(self, enabled: bool = True) -> None:
+        """Take the backbone's pooled outputs, precomputed, as input instead of images (or, with
+        ``enabled=False``, images again): :class:`tlx.speed.FeatureCache` switches this for a fit."""
+        self.input_kind = "features" if enabled else "images"
+
     def features(self, x: Tensor) -> Tensor:
-        """Images to the features the head sees. 2-D input is pooled backbone features already
-        (:class:`tlx.speed.FeatureCache`), so the backbone is skipped."""
-        return x if x.ndim == 2 else self.backbone(x)
+        """Images (or, after :meth:`take_features`, backbone features) to the features the head sees."""
+        if self.input_kind == "images":
+            return self.backbone(x)
+        if x.ndim != 2:
+            raise TLXError(f"The model takes precomputed backbone features (B, D), got a batch of shape {tuple(x.shape)}.")
+        return x
 
     def feature_network(self) -> nn.Module:
         """:meth:`features` on images as one plain module (export traces it)."""
@@ -193,12 +199,10 @@ class ImageClassifier(LightningModule):
         details.reset()
         per_class = {f"{stage}/acc_class/{name}": v for name, v in zip(self.class_names, values["acc_per_class"])}
         self.log_dict(per_class, on_epoch=True)
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if self.trainer.sanity_checking or not tensorboard_loggers(self.trainer):
             return
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                fig = confusion_figure(values["confusion"], self.class_names)
-                logger.experiment.add_figure(f"{stage}/confusion_matrix", fig, self.current_epoch)
+        fig = confusion_figure(values["confusion"], self.class_names)
+        add_figure(self.trainer, f"{stage}/confusion_matrix", fig, self.current_epoch, close=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_details("val")
@@ -214,15 +218,29 @@ class ImageClassifier(LightningModule):
         return {"index": index, "probs": self(x).softmax(dim=-1)}
 
     # ---- optimisation ------------------------------------------------------------------------
+    def _named_groups(self) -> list[ParamGroup]:
+        if self.param_groups_provider is not None:
+            return self.param_groups_provider.param_groups(self)
+        return [ParamGroup("all", [p for p in self.parameters() if p.requires_grad])]
+
+    def _scheduler_steps(self) -> int:
+        """The run's length in scheduler steps (the one place it is resolved)."""
+        if self.hparams.get("lr_scheduler_interval", "epoch") == "step":
+            return int(self.trainer.estimated_stepping_batches)
+        return int(self.trainer.max_epochs)
+
     def configure_optimizers(self) -> Any:
-        # Trainable parameters, or a fine-tuning strategy's named groups with LR scales.
-        optimizer = self.optimizer_factory(optimizer_param_groups(self))
-        scale_group_lrs(optimizer)
-        if self.scheduler_factory is None:
+        groups = self._named_groups()
+        optimizer = self.optimizer_factory(optimizer_param_groups(self, groups, exempt_from_decay=False))
+        if self.hparams.get("no_decay_norm_bias", True) and optimizer.defaults.get("weight_decay"):
+            optimizer = self.optimizer_factory(optimizer_param_groups(self, groups, exempt_from_decay=True))
+        scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
+        if hasattr(scheduler, "set_total_steps"):
+            scheduler.set_total_steps(self._scheduler_steps())
+        scale_learning_rates(optimizer, scheduler, self.lr_factor)
+        if scheduler is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        fit_scheduler_to_groups(scheduler)
-        config = {"scheduler": scheduler, "interval": "epoch"}
+        config = {"scheduler": scheduler, "interval": self.hparams.get("lr_scheduler_interval", "epoch")}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,38 @@
+"""Hyperparameters as plain data and back: checkpoints load with ``weights_only=True``, so a class or
+a factory in ``hparams`` is stored as its dotted name (or ``class_path``/``init_args``) and
+rebuilt here, the one place tlx imports a dotted path."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from typing import Any
+
+from tlx.errors import TLXError
+
+
+def import_dotted(path: str, what: str = "hyperparameters") -> Any:
+    """The object ``package.module.Name`` names; one clear error naming ``what`` when it cannot."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise TLXError(f"Cannot import {path!r} named in the {what}: {e}") from e
+
+
+def to_plain(value: Any) -> Any:
+    """A class or function as its dotted name; anything else unchanged."""
+    if inspect.isclass(value) or inspect.isfunction(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return value
+
+
+def from_plain(value: Any, what: str = "model's hyperparameters") -> Any:
+    """The inverse of :func:`to_plain`: a dotted name is imported, a ``class_path``/``init_args``
+    dict becomes a factory (``functools.partial``); anything else is returned as it is."""
+    if isinstance(value, str):
+        return import_dotted(value, what)
+    if isinstance(value, dict) and "class_path" in value:
+        return functools.partial(import_dotted(value["class_path"], what), **(value.get("init_args") or {}))
+    return value
