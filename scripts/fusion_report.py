@@ -41,10 +41,10 @@ from torchvision.transforms import v2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tlx.backbones import DataConfig, create_backbone  # noqa: E402
+from tlx.backbones import create_backbone  # noqa: E402
 from tlx.data.folders import scan_class_folders  # noqa: E402
 from tlx.data.images import load_rgb  # noqa: E402
-from tlx.data.transforms import eval_transform  # noqa: E402
+from tlx.preprocessing import Preprocessing  # noqa: E402
 from tlx.distillation import KD, RKD, SP, Attention, Hint, Outputs  # noqa: E402
 from tlx.fusion import greedy_soup, interpolate_weights, recalibrate_batchnorm, uniform_soup  # noqa: E402
 
@@ -52,10 +52,10 @@ OFFICE = REPO / ".." / "shared" / "data" / "office31"
 
 
 # ---- the frozen lower network and the trainable top -------------------------------------------
-def lite(name: str, size: int) -> tuple[nn.Module, DataConfig]:
+def lite(name: str, size: int) -> tuple[nn.Module, Preprocessing]:
     backbone = create_backbone(name)
-    cfg = backbone.data_config
-    cfg = DataConfig(size, int(round(size / 0.875)), cfg.interpolation, cfg.mean, cfg.std)
+    cfg = backbone.preprocessing
+    cfg = Preprocessing(size, int(round(size / 0.875)), cfg.interpolation, cfg.mean, cfg.std)
     return backbone.model.eval(), cfg
 
 
@@ -84,7 +84,7 @@ class Top(nn.Module):
 
 
 @torch.no_grad()
-def activations(net: nn.Module, images: list, cfg: DataConfig, batch: int = 32) -> Tensor:
+def activations(net: nn.Module, images: list, cfg: Preprocessing, batch: int = 32) -> Tensor:
     tf = v2.Compose([v2.ToImage(), v2.Resize((cfg.input_size, cfg.input_size), antialias=True),
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))])
     out, t0 = [], time.time()
@@ -95,7 +95,7 @@ def activations(net: nn.Module, images: list, cfg: DataConfig, batch: int = 32) 
     return torch.cat(out)
 
 
-def eval_images(paths: list[str], cfg: DataConfig) -> list:
+def eval_images(paths: list[str], cfg: Preprocessing) -> list:
     """Resize + centre crop (tlx's evaluation preprocessing, without the tensor steps)."""
     crop = v2.Compose([v2.Resize(cfg.resize_size, antialias=True), v2.CenterCrop(cfg.input_size)])
     return [crop(load_rgb(p, cfg.resize_size)) for p in paths]

@@ -99,9 +99,9 @@ def _student_args(data, teacher, out, losses, *extra):
     student_pre = {"input_size": 24, "resize_size": 28, "interpolation": "bilinear", "mean": [0.4] * 3, "std": [0.3] * 3}
     args = tiny_fit_args(data, out, epochs=2, extra=["--trainer.logger=false", *extra])
     args = [a.replace("tlx.models.ImageClassifier", "tlx.models.DistillationClassifier") for a in args]
-    return [a for a in args if "backbone=" not in a and "data_config=" not in a] + [
+    return [a for a in args if "backbone=" not in a and "preprocessing=" not in a] + [
         "--model.init_args.backbone=timm:test_resnet",  # another backbone and input size than the teacher's
-        f"--model.init_args.data_config={json.dumps(student_pre)}",
+        f"--model.init_args.preprocessing={json.dumps(student_pre)}",
         f"--model.init_args.teacher_ckpt={teacher}",
         f"--model.init_args.losses={json.dumps([{'class_path': f'tlx.distillation.{n}'} for n in losses])}",
     ]
@@ -121,7 +121,7 @@ def test_tiny_distillation_fit_gives_an_ordinary_student_checkpoint(teacher_run,
     assert ckpt["hyper_parameters"]["_class_path"] == "tlx.models.ImageClassifier"
     assert not any(k.startswith(("teacher.", "losses.")) for k in ckpt["state_dict"])
     student = model_from_checkpoint(ckpt).eval()
-    assert type(student) is ImageClassifier and student.data_config.input_size == 24
+    assert type(student) is ImageClassifier and student.preprocessing.input_size == 24
     best = model_from_checkpoint(str(tmp_path / "checkpoints" / "best.ckpt")).eval()
     x = torch.randn(2, 3, 24, 24)
     torch.testing.assert_close(student(x), best(x))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
 from tlx.errors import TLXError
+from tlx.plain import import_dotted
 
 Needs = Literal["logits", "embedding", "feature_map"]
 
@@ -67,8 +67,7 @@ def loss_from(spec: DistillationLoss | dict | str) -> DistillationLoss:
         return spec
     if isinstance(spec, str):
         spec = {"class_path": spec}
-    module, _, name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
+    cls = import_dotted(spec["class_path"], "distillation losses")
     if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
         raise TLXError(f"loss {spec['class_path']!r} is not a tlx.distillation DistillationLoss.")
     return cls(**(spec.get("init_args") or {}))

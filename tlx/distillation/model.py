@@ -76,12 +76,12 @@ class DistillationClassifier(ImageClassifier):
         """Give each loss the widths it compares (a probe pass of one image through both nets)."""
         if not any(loss.needs != "logits" for loss in self.losses):
             return
-        probe = torch.zeros(1, 3, self.data_config.input_size, self.data_config.input_size)
+        probe = torch.zeros(1, 3, self.preprocessing.input_size, self.preprocessing.input_size)
         was_training = self.backbone.training
         self.backbone.eval()
         s = network_outputs(self.backbone, nn.Identity(), probe, self.feature_stage)
         self.backbone.train(was_training)
-        t = self.teacher.compute(probe, self.data_config)
+        t = self.teacher.compute(probe, self.preprocessing)
         for loss in self.losses:
             if loss.needs != "logits":
                 loss.build(getattr(s, loss.needs).shape[1], getattr(t, loss.needs).shape[1])
@@ -101,7 +101,7 @@ class DistillationClassifier(ImageClassifier):
         if x.ndim != 4:
             raise TLXError("DistillationClassifier trains on images (the teacher needs them), not cached features.")
         student = self.student_outputs(x)
-        teacher = self.teacher(x, self.data_config)
+        teacher = self.teacher(x, self.preprocessing)
         ce = F.cross_entropy(student.logits, y, label_smoothing=self.hparams.label_smoothing)
         log = dict(on_step=True, on_epoch=True, batch_size=len(x))
         loss = self.hparams.ce_weight * ce

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tlx.backbones import DataConfig
 from tlx.distillation.base import Outputs
 from tlx.errors import TLXError
 from tlx.models.from_checkpoint import model_from_checkpoint
+from tlx.preprocessing import Preprocessing
 
 
 def network_outputs(backbone: nn.Module, head: nn.Module, x: Tensor, feature_stage: int | None) -> Outputs:
@@ -31,7 +31,7 @@ def network_outputs(backbone: nn.Module, head: nn.Module, x: Tensor, feature_sta
     return Outputs(head(embedding), embedding, feature_map)
 
 
-def convert_preprocessing(x: Tensor, source: DataConfig, target: DataConfig) -> Tensor:
+def convert_preprocessing(x: Tensor, source: Preprocessing, target: Preprocessing) -> Tensor:
     """A batch normalised for ``source`` re-expressed for ``target``: un-normalise, resample the
     same view to the target's input size, normalise with the target's mean and std."""
     if source == target:
@@ -61,7 +61,7 @@ class Teacher(nn.Module):
         super().__init__()
         model = model_from_checkpoint(ckpt_path)
         self.class_names = list(model.class_names)
-        self.data_config: DataConfig = model.data_config
+        self.preprocessing: Preprocessing = model.preprocessing
         self.backbone, self.head = model.backbone, model.head
         self.feature_stage = feature_stage
         self.cache_size = int(cache_size)
@@ -74,7 +74,7 @@ class Teacher(nn.Module):
         return super().train(False)  # frozen: BatchNorm statistics and dropout stay as trained
 
     @torch.no_grad()
-    def forward(self, x: Tensor, source: DataConfig) -> Outputs:
+    def forward(self, x: Tensor, source: Preprocessing) -> Outputs:
         if not self.cache_size:
             return self.compute(x, source)
         keys = [hashlib.blake2b(v.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest() for v in x]
@@ -94,7 +94,7 @@ class Teacher(nn.Module):
                        stack("feature_map") if rows[0].feature_map is not None else None)
 
     @torch.no_grad()
-    def compute(self, x: Tensor, source: DataConfig) -> Outputs:
+    def compute(self, x: Tensor, source: Preprocessing) -> Outputs:
         """The teacher's outputs for a batch preprocessed for ``source``, never cached."""
-        return network_outputs(self.backbone, self.head, convert_preprocessing(x, source, self.data_config),
+        return network_outputs(self.backbone, self.head, convert_preprocessing(x, source, self.preprocessing),
                                self.feature_stage).detach()

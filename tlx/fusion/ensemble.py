@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from tlx.backbones import DataConfig
+from tlx.preprocessing import Preprocessing, as_preprocessing
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 from tlx.models.from_checkpoint import model_class, model_kwargs
@@ -23,12 +23,12 @@ from tlx.models.from_checkpoint import model_class, model_kwargs
 class EnsembleFeatures(nn.Module):
     """Every member's features, concatenated (the members' feature networks as one module)."""
 
-    def __init__(self, members: list[nn.Module], widths: list[int], data_config: DataConfig, name: str):
+    def __init__(self, members: list[nn.Module], widths: list[int], preprocessing: Preprocessing, name: str):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.widths = list(widths)
         self.num_features = sum(widths)
-        self.data_config = data_config
+        self.preprocessing = preprocessing
         self.name = name
 
     def forward(self, x: Tensor) -> Tensor:
@@ -62,22 +62,24 @@ class EnsembleClassifier(ImageClassifier):
     Args:
         members: each member's hyperparameters (as stored in its checkpoint).
         class_names: the classes (all members share them).
-        data_config: preprocessing override; by default the first member's.
+        preprocessing: preprocessing override; by default the first member's.
     """
 
     def __init__(self, members: list[dict[str, Any]], class_names: list[str] | None = None,
-                 data_config: dict[str, Any] | None = None):
+                 preprocessing: dict[str, Any] | None = None):
         LightningModule.__init__(self)  # ImageClassifier.__init__ would build a backbone of its own
         # Named explicitly: collecting them from the call frame misses ``members`` here.
         members = [{k: v for k, v in h.items() if k != "_instantiator"} for h in members]
         self.save_hyperparameters({"members": members, "class_names": class_names,
-                                   "data_config": data_config})
+                                   "preprocessing": preprocessing})
         nets = [_member(h) for h in members]
         widths = [n.feature_dim for n in nets]
-        self.backbone = EnsembleFeatures([n.feature_network() for n in nets], widths, nets[0].data_config,
+        self.backbone = EnsembleFeatures([n.feature_network() for n in nets], widths, nets[0].preprocessing,
                                          name="ensemble[" + ", ".join(str(h.get("backbone")) for h in members) + "]")
-        self.data_config = DataConfig.from_dict(data_config) if data_config else nets[0].data_config
-        self.hparams["data_config"] = self.data_config.to_dict()
+        self.preprocessing = as_preprocessing(preprocessing, "model.preprocessing") or nets[0].preprocessing
+        self.hparams["preprocessing"] = self.preprocessing.to_dict()
+        # The rest of what ImageClassifier.__init__ sets (its training options do not apply here).
+        self.input_kind, self.param_groups_provider, self.lr_factor = "images", None, 1.0
         heads = [n.head for n in nets]
         self.head_factory = lambda in_features, num_classes: EnsembleHead(heads, widths)
         self.optimizer_factory, self.scheduler_factory = torch.optim.AdamW, None

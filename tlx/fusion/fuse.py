@@ -78,8 +78,8 @@ def _has_own_test_split(datamodule: LightningDataModule) -> bool:
 def _prepare_data(datamodule: LightningDataModule | None, model: ImageClassifier) -> LightningDataModule:
     if datamodule is None:
         raise FusionError("fuse evaluates on the validation split: give data.init_args.root (or a --config with data).")
-    if getattr(datamodule, "data_config", None) is None:  # what setup would read from an attached model
-        datamodule.data_config = model.data_config
+    if getattr(datamodule, "preprocessing", None) is None:  # what setup would read from an attached model
+        datamodule.preprocessing = model.preprocessing
     datamodule.setup("fit")
     if _has_own_test_split(datamodule):
         datamodule.setup("test")

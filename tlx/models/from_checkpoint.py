@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from lightning.pytorch import LightningModule
 
 from tlx.checkpointing import safe_torch_load
 from tlx.errors import TLXError
+from tlx.plain import import_dotted
 
 # Keys LightningCLI adds to a model's hyperparameters; not constructor arguments.
 CLI_KEYS = ("_class_path", "_instantiator")
@@ -26,8 +26,7 @@ def model_kwargs(hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_class(hparams: dict[str, Any]) -> type:
-    module, _, name = hparams.get("_class_path", "tlx.models.ImageClassifier").rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    return import_dotted(hparams.get("_class_path", "tlx.models.ImageClassifier"), "checkpoint's hyperparameters")
 
 
 def model_from_checkpoint(checkpoint: str | Path | dict[str, Any], load_weights: bool = True) -> LightningModule:
