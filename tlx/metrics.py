@@ -44,8 +44,9 @@ def confusion_figure(matrix: Tensor, class_names: list[str]) -> Figure:
     ax = fig.add_subplot()
     m = matrix.detach().cpu().float()
     ax.imshow(m.numpy(), cmap="Blues")
-    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), labels=class_names, fontsize=8)
+    # parse_math=False: class names are data ('price_$5'), never mathtext.
+    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=8, parse_math=False)
+    ax.set_yticks(range(n), labels=class_names, fontsize=8, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 31:
