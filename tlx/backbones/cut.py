@@ -94,12 +94,12 @@ class BackboneTop(nn.Module):
         return self.view(x)
 
 
-def split_backbone(backbone: nn.Module, cut: str, probe_size: int = 64) -> tuple[BackboneBottom, BackboneTop]:
+def split_backbone(backbone: nn.Module, cut: str, probe_size: int | None = None) -> tuple[BackboneBottom, BackboneTop]:
     """``(bottom, top)`` of ``backbone`` (a :class:`tlx.backbones.Backbone` or a plain model) at ``cut``.
 
     ``top(bottom(x)) == backbone(x)``; a cut that is not a module of the chain is refused with the
-    valid ones named, and so is a model whose forward is not a chain (checked on a
-    ``probe_size`` image).
+    valid ones named, and so is a model whose forward is not a chain (checked on one random
+    ``probe_size`` image; default: the backbone's preprocessing input size, else 224).
     """
     model = getattr(backbone, "model", backbone)
     links, stages = _chain(model)
@@ -126,7 +126,8 @@ def split_backbone(backbone: nn.Module, cut: str, probe_size: int = 64) -> tuple
             holder = view._modules[parent]
         holder._modules[child] = nn.Identity()
     top = BackboneTop(view, copies)
-    _check_chain(backbone, bottom, top, cut, probe_size)
+    prep = getattr(backbone, "preprocessing", None)
+    _check_chain(backbone, bottom, top, cut, probe_size or getattr(prep, "input_size", 224))
     return bottom, top
 
 
@@ -146,10 +147,14 @@ def _check_chain(backbone: nn.Module, bottom: nn.Module, top: nn.Module, cut: st
         if param is not None:
             x = x.to(param.device)
         with torch.no_grad():
-            expected, got = backbone(x), top(bottom(x))
+            expected = backbone(x)
+            try:
+                got = top(bottom(x))
+            except (RuntimeError, AssertionError, ValueError, TypeError):  # shapes that do not chain
+                got = None
     finally:
         backbone.train(was_training)
-    if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+    if got is None or expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
         raise BackboneError(
             f"Cannot cut {getattr(backbone, 'name', type(backbone).__name__)} at {cut!r}: its forward is not "
             "a chain of its modules (the two halves do not compute the whole); use FeatureCache without cut."
