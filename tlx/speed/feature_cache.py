@@ -173,17 +173,23 @@ class FeatureCache(Callback):
         self._memory[memory_key] = (feats, labels)
         return feats, labels
 
+    def _item_shape(self, pl_module: LightningModule, size: int) -> tuple[int, ...]:
+        """The shape of one cached item: the pooled width, or the bottom's output on one probe image."""
+        if self.split is None:
+            return (int(pl_module.backbone.num_features),)
+        bottom = self.split[0]
+        param = next(bottom.parameters(), None)
+        probe = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
+        was_training = bottom.training
+        bottom.eval()
+        with torch.no_grad():
+            shape = tuple(bottom(probe).shape[1:])
+        bottom.train(was_training)
+        return shape
+
     def _size_check(self, pl_module: LightningModule, dm: Any) -> None:
         """Log the cache's size before building it; refuse one over ``max_cache_gb``."""
-        network = self._network(pl_module)
-        size = dm.preprocessing.input_size
-        param = next(network.parameters(), None)
-        probe = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
-        was_training = network.training
-        network.eval()
-        with torch.no_grad():
-            shape = tuple(network(probe).shape[1:])
-        network.train(was_training)
+        shape = self._item_shape(pl_module, dm.preprocessing.input_size)
         n_train, n_val = len(dm.samples("train")), len(dm.samples("val"))
         items = n_train * (1 + self.augmented_views) + n_val
         self.cache_bytes = items * int(torch.Size(shape).numel()) * 4
