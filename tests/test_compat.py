@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tests.finetuning_utils import tiny_model
+from tests.helpers import tiny_model
 from tlx import compat
 
 

@@ -3,7 +3,7 @@
 import logging
 
 from tests.helpers import run_cli
-from tests.test_cli_smoke import tiny_fit_args
+from tests.helpers import tiny_fit_args
 
 
 def test_fit_does_not_claim_weights_only_defaults_to_false(tiny_folder, tmp_path, caplog, capfd):
