@@ -46,10 +46,12 @@ log = logging.getLogger("tlx")
 
 
 class FeatureCache(Callback):
-    """Train the head of a frozen backbone on features computed once (see the module docs).
+    """Train the head of a frozen backbone on features computed once, or with ``cut`` the top
+    stages and the head on a frozen bottom's activations (see the module docs).
 
-    Needs a frozen backbone (add :class:`tlx.finetuning.FreezeBackbone`, ``train_bn: false``)
-    and an :class:`~tlx.data.ImageFolderDataModule` (anything with ``eval_dataset(split)``,
+    Needs a frozen backbone (add :class:`tlx.finetuning.FreezeBackbone`, ``train_bn: false``),
+    unless ``cut`` is given (list this callback after any fine-tuning strategy then, so that the
+    bottom it freezes in ``setup`` stays frozen), and an :class:`~tlx.data.ImageFolderDataModule` (anything with ``eval_dataset(split)``,
     ``train_dataset()`` and ``serve_features``/``serve_images``).
 
     Args:
