@@ -11,8 +11,8 @@ Rows (each in its own process, so that start-up and peak memory are its own):
 * ``tlx_top_stages_finetune``: the same fine-tuning recipe with configs/speed/top_stages.yaml
   stacked on it: the bottom of Lite0 up to ``blocks.4`` frozen and cached (eval view + 4 random
   views per image), blocks.5-6, conv_head and the head trained on the cache. Its epoch (after the
-  first, which includes the extraction) against ``tlx_fast_finetune``'s: target >= 3x, at a val
-  accuracy within 0.5 point.
+  first; the extraction runs at fit start, before it, and is reported apart) against
+  ``tlx_fast_finetune``'s: target >= 3x, at a val accuracy within 0.5 point.
 * ``ceiling_*``: the model alone: training steps on a batch already in memory, at the precision
   and batch size of a tlx row; no data pipeline, no framework. What the hardware can give.
 
@@ -297,7 +297,7 @@ def print_table(s: dict, r: dict) -> None:
     top, full = s.get("tlx_top_stages_finetune", {}), s.get("tlx_fast_finetune", {})
     if top.get("best_val_acc") is not None and full.get("best_val_acc") is not None:
         print(f"{'top stages - full fine-tuning, best val acc':42} {100 * (top['best_val_acc'] - full['best_val_acc']):+6.1f} points"
-              f"  (target >= -0.5; extraction {f(top.get('feature_extraction_s'), '.1f')} s, in the 1st epoch)")
+              f"  (target >= -0.5; extraction {f(top.get('feature_extraction_s'), '.1f')} s, before the 1st epoch)")
     fast = s.get("tlx_fast_frozen", {})
     if fast:
         print(f"{'frozen fast: s to >=93% val acc (from start)':42} {f(fast.get('s_to_93pct_from_process_start'), '6.1f')}"
