@@ -11,6 +11,7 @@ from torch import Tensor
 
 from tlx.preprocessing import Preprocessing, fed_preprocessing
 from tlx.tensorboard import add_figure
+from tlx.visuals import never_fatal
 
 
 def preprocessing(trainer: Trainer, pl_module: LightningModule) -> Preprocessing:
@@ -80,7 +81,8 @@ class ValidationImages(Callback):
             self._draw(trainer, pl_module)
 
     def _draw(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        fig = self.render(trainer, pl_module)
-        if fig is not None:
-            add_figure(trainer, self.tag, fig, self._collected_epoch)
+        with never_fatal(self.tag):
+            fig = self.render(trainer, pl_module)
+            if fig is not None:
+                add_figure(trainer, self.tag, fig, self._collected_epoch)
         self._drawn_epoch = self._collected_epoch
