@@ -8,6 +8,11 @@ Rows (each in its own process, so that start-up and peak memory are its own):
 * ``tlx_fast_{frozen,finetune}``: configs/hymenoptera_fast.yaml (frozen backbone, features cached,
   bf16 + channels_last) and configs/hymenoptera_fast_finetune.yaml (bf16 + channels_last, batch
   32, decoded-image cache).
+* ``tlx_top_stages_finetune``: the same fine-tuning recipe with configs/speed/top_stages.yaml
+  stacked on it: the bottom of Lite0 up to ``blocks.4`` frozen and cached (eval view + 4 random
+  views per image), blocks.5-6, conv_head and the head trained on the cache. Its epoch (after the
+  first; the extraction runs at fit start, before it, and is reported apart) against
+  ``tlx_fast_finetune``'s: target >= 3x, at a val accuracy within 0.5 point.
 * ``ceiling_*``: the model alone: training steps on a batch already in memory, at the precision
   and batch size of a tlx row; no data pipeline, no framework. What the hardware can give.
 
@@ -16,6 +21,7 @@ peak RSS of the main process, peak PSS of the process and its workers together, 
 
     python scripts/benchmark.py                      # a few minutes on 2 CPU cores
     python scripts/benchmark.py --epochs-tutorial 3 --epochs-finetune 3 --out bench.json
+    python scripts/benchmark.py --only top_stages --epochs-finetune 10   # partial fine-tuning row
 """
 
 from __future__ import annotations
@@ -198,12 +204,15 @@ ROWS = {
     "tlx_recipe_finetune": lambda a: row_tlx("tutorial_finetune.yaml", a.epochs_tutorial, a,
                                              [f"--data.init_args.num_workers={a.tutorial_workers}"]),
     "tlx_fast_finetune": lambda a: row_tlx("hymenoptera_fast_finetune.yaml", a.epochs_finetune, a, []),
+    "tlx_top_stages_finetune": lambda a: row_tlx("hymenoptera_fast_finetune.yaml", a.epochs_finetune, a,
+                                                 [f"--config={REPO / 'configs' / 'speed' / 'top_stages.yaml'}"]),
     "ceiling_fp32_b4": lambda a: row_ceiling("32-true", 4, a),
     "ceiling_bf16_b32": lambda a: row_ceiling("bf16-mixed", 32, a),
 }
 GROUPS = {
     "frozen": ["tutorial_frozen", "tlx_recipe_frozen", "tlx_fast_frozen"],
     "finetune": ["tutorial_finetune", "tlx_recipe_finetune", "tlx_fast_finetune", "ceiling_fp32_b4", "ceiling_bf16_b32"],
+    "top_stages": ["tlx_fast_finetune", "tlx_top_stages_finetune"],
 }
 
 
@@ -267,6 +276,8 @@ def ratios(s: dict) -> dict:
         "finetune_recipe_vs_ceiling_fp32_b4": ratio("tlx_recipe_finetune", "ceiling_fp32_b4", "train_img_s"),
         "finetune_recipe_vs_tutorial": ratio("tlx_recipe_finetune", "tutorial_finetune", "train_img_s"),
         "finetune_tutorial_vs_ceiling_fp32_b4": ratio("tutorial_finetune", "ceiling_fp32_b4", "train_img_s"),
+        # top stages from cached activations vs the whole network, per epoch (target >= 3)
+        "top_stages_epoch_speedup_vs_fast_finetune": ratio("tlx_fast_finetune", "tlx_top_stages_finetune", "epoch_s"),
     }
     return {k: v for k, v in r.items() if v is not None}
 
@@ -283,6 +294,10 @@ def print_table(s: dict, r: dict) -> None:
     print()
     for k, v in r.items():
         print(f"{k:42} {v:6.2f}x")
+    top, full = s.get("tlx_top_stages_finetune", {}), s.get("tlx_fast_finetune", {})
+    if top.get("best_val_acc") is not None and full.get("best_val_acc") is not None:
+        print(f"{'top stages - full fine-tuning, best val acc':42} {100 * (top['best_val_acc'] - full['best_val_acc']):+6.1f} points"
+              f"  (target >= -0.5; extraction {f(top.get('feature_extraction_s'), '.1f')} s, before the 1st epoch)")
     fast = s.get("tlx_fast_frozen", {})
     if fast:
         print(f"{'frozen fast: s to >=93% val acc (from start)':42} {f(fast.get('s_to_93pct_from_process_start'), '6.1f')}"
@@ -292,7 +307,7 @@ def print_table(s: dict, r: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--only", choices=["frozen", "finetune", *ROWS], nargs="+", help="run these groups/rows only")
+    p.add_argument("--only", choices=["frozen", "finetune", "top_stages", *ROWS], nargs="+", help="run these groups/rows only")
     p.add_argument("--epochs-tutorial", type=int, default=2, help="epochs of the tutorial and tlx-recipe rows")
     p.add_argument("--epochs-fast-frozen", type=int, default=None, help="default: the config's (15)")
     p.add_argument("--epochs-finetune", type=int, default=2, help="epochs of tlx_fast_finetune")

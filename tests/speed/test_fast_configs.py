@@ -38,3 +38,24 @@ def test_fast_configs_validate(name, capsys):
     printed = capsys.readouterr().out
     assert "tlx.speed.SpeedUp" in printed and "precision: bf16-mixed" in printed
     assert ("tlx.speed.FeatureCache" in printed) == (name == "hymenoptera_fast.yaml")
+
+
+def test_top_stages_fragment_stacks_on_the_finetune_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", f"--config={REPO / 'configs' / 'hymenoptera_fast_finetune.yaml'}",
+                 f"--config={REPO / 'configs' / 'speed' / 'top_stages.yaml'}", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "tlx.speed.SpeedUp" in printed and "tlx.speed.FeatureCache" in printed and "cut: blocks.4" in printed
+
+
+def test_cut_through_the_cli_then_validate_on_images(tiny_folder, tmp_path):
+    cut = ["--trainer.callbacks+=tlx.speed.FeatureCache", "--trainer.callbacks.cut=blocks.3",
+           "--trainer.callbacks.augmented_views=1"]
+    cli = run_cli(tiny_fit_args(tiny_folder, tmp_path / "runs", epochs=2, extra=cut))
+    cache = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "FeatureCache")
+    assert cache.last_status == {"train": "computed", "val": "computed"} and cache.split is not None
+    fit_acc = float(cli.trainer.callback_metrics["val/acc"])
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    validate = _from_checkpoint("validate", tiny_folder, ckpt)
+    assert float(validate.trainer.callback_metrics["val/acc"]) == pytest.approx(fit_acc, abs=1e-6)

@@ -10,7 +10,7 @@ from lightning.pytorch import seed_everything
 
 from tests.helpers import TINY_MODEL, TINY_PREPROCESSING, tiny_trainer, write_image
 from tlx.data import ImageFolderDataModule
-from tlx.errors import TLXError
+from tlx.errors import BackboneError, TLXError
 from tlx.finetuning import FreezeBackbone
 from tlx.models import ImageClassifier
 from tlx.speed import FeatureCache
@@ -18,12 +18,13 @@ from tlx.data.folders import files_digest
 from tlx.features import content_key, weights_digest
 
 
-def _fit(root, tmp_path, callbacks, epochs=1, batch_size=4, model_kwargs=None, seed=0, **trainer_kwargs):
+def _fit(root, tmp_path, callbacks, epochs=1, batch_size=4, model_kwargs=None, seed=0, ckpt_path=None,
+         eval_batch_size=None, **trainer_kwargs):
     seed_everything(seed)
     model = ImageClassifier(**{**TINY_MODEL, **(model_kwargs or {})})
-    dm = ImageFolderDataModule(root=str(root), batch_size=batch_size, num_workers=0)
+    dm = ImageFolderDataModule(root=str(root), batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=0)
     trainer = tiny_trainer(tmp_path, max_epochs=epochs, callbacks=callbacks, **trainer_kwargs)
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return trainer, model, dm
 
 
@@ -143,3 +144,91 @@ def test_refuses_a_backbone_that_trains(tiny_folder, tmp_path):
         _fit(tiny_folder, tmp_path, [FeatureCache()])
     with pytest.raises(TLXError, match="frozen"):
         _fit(tiny_folder, tmp_path, [FreezeBackbone(train_bn=True), FeatureCache()])
+
+
+# ---- with a cut: a frozen bottom's activations cached, the top stages + head trained on them ----
+CUT = "blocks.2"  # of timm:test_efficientnet (blocks.0 ... blocks.4)
+
+
+def _fit_cut(root, tmp_path, cache, epochs=2, **kwargs):
+    """One cut run: the cache alone (no strategy), validation in one batch as extracted."""
+    return _fit(root, tmp_path, [cache], epochs=epochs, eval_batch_size=64, **kwargs)
+
+
+def _val_activations(cache):
+    """The val split's cached activations (8 images, one eval view each)."""
+    (activations, _), = [v for v in cache._memory.values() if v[0].ndim == 4 and len(v[0]) == 8]
+    return activations
+
+
+def test_a_cut_that_does_not_exist_names_the_valid_ones(tiny_folder, tmp_path):
+    with pytest.raises(BackboneError, match=r"'blocks\.9' is not a cut point .*blocks\.0, blocks\.1, .*blocks\.4"):
+        _fit_cut(tiny_folder, tmp_path, FeatureCache(cut="blocks.9"))
+
+
+def test_cached_bottom_equals_the_live_bottom_bit_exact(tiny_folder, tmp_path):
+    cache = FeatureCache(cut=CUT, extract_batch_size=64)
+    _, model, dm = _fit_cut(tiny_folder, tmp_path, cache, epochs=1)
+    bottom = cache.split[0].eval()
+    x, _ = next(iter(dm.val_dataloader()))  # the same eval view, in one batch of 8 as extracted
+    with torch.no_grad():
+        live = bottom(x)
+    assert live.shape[1:] == (32, 4, 4)
+    assert torch.equal(_val_activations(cache), live)
+
+
+def test_top_trains_and_bottom_stays_bit_identical(tiny_folder, tmp_path):
+    cache = FeatureCache(cut=CUT, augmented_views=2)
+    seed_everything(0)
+    before = ImageClassifier(**TINY_MODEL).backbone.state_dict()
+    _, model, _ = _fit_cut(tiny_folder, tmp_path, cache)
+    after = model.backbone.state_dict()
+    bottom = [k for k in after if k.startswith(("model.conv_stem", "model.bn1", "model.blocks.0", "model.blocks.1",
+                                                "model.blocks.2"))]
+    assert bottom and all(torch.equal(before[k], after[k]) for k in bottom)
+    top = [k for k in after if k not in bottom and after[k].is_floating_point()]
+    changed = [k for k in top if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("model.blocks.3") for k in changed) and any(k.startswith("model.conv_head") for k in changed)
+    assert all(not p.requires_grad for p in cache.split[0].parameters())
+
+
+def test_checkpoint_trained_on_the_cache_predicts_on_images_as_the_live_model(tiny_folder, tmp_path):
+    cache = FeatureCache(cut=CUT, augmented_views=1)
+    trainer, model, dm = _fit_cut(tiny_folder, tmp_path, cache, enable_checkpointing=True)
+    ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
+    model.eval()
+    with torch.no_grad():  # the path training took: the top on cached activations
+        on_cache = model.head(cache.split[1](_val_activations(cache)))
+    restored = ImageClassifier.load_from_checkpoint(ckpt).eval()
+    assert restored.input_kind == "images" and model.input_kind == "images"
+    x, _ = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        on_images = restored(x)
+    assert torch.allclose(on_images, on_cache, atol=1e-5)
+    metrics = tiny_trainer(tmp_path).validate(restored, datamodule=dm, verbose=False)[0]
+    assert metrics["val/acc"] == pytest.approx(float(trainer.callback_metrics["val/acc"]), abs=1e-6)
+
+
+def test_a_resumed_run_reuses_the_cache(tiny_folder, tmp_path):
+    cache_dir = tmp_path / "activations"
+    first = FeatureCache(cut=CUT, augmented_views=1, cache_dir=str(cache_dir))
+    trainer, _, _ = _fit_cut(tiny_folder, tmp_path, first, epochs=1, enable_checkpointing=True)
+    assert first.last_status == {"train": "computed", "val": "computed"}
+    ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
+    resumed = FeatureCache(cut=CUT, augmented_views=1, cache_dir=str(cache_dir))
+    trainer, _, _ = _fit_cut(tiny_folder, tmp_path / "resumed", resumed, epochs=2, ckpt_path=ckpt)
+    assert resumed.last_status == {"train": "disk", "val": "disk"} and resumed.extracted_here == 0
+    assert trainer.current_epoch == 2
+    # another cut is another cache
+    other = FeatureCache(cut="blocks.1", cache_dir=str(cache_dir))
+    _fit_cut(tiny_folder, tmp_path / "other", other, epochs=1)
+    assert other.last_status == {"train": "computed", "val": "computed"}
+
+
+def test_cache_size_is_logged_and_a_budget_refused(tiny_folder, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="tlx"):
+        _fit_cut(tiny_folder, tmp_path, FeatureCache(cut=CUT, augmented_views=2), epochs=1)
+    # 16 train images x 3 views + 8 val images, 32x4x4 float32 each
+    assert "16 train images x 3 views + 8 val images, 32x4x4 float32 each: 0.1 MB" in caplog.text
+    with pytest.raises(TLXError, match="over max_cache_gb=0.0001"):
+        _fit_cut(tiny_folder, tmp_path, FeatureCache(cut=CUT, augmented_views=2, max_cache_gb=1e-4), epochs=1)

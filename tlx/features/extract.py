@@ -93,7 +93,8 @@ def extract_features(
         batch_size, num_workers: of the extraction loader.
         precision: ``auto`` (bf16 where the hardware has it natively, else fp32), or a Lightning
             precision (``bf16-mixed``, ``32-true``, ...). Features come back as float32.
-        views: passes over the dataset; ``views > 1`` gives ``(N, views, D)`` features, else ``(N, D)``.
+        views: passes over the dataset; ``views > 1`` gives ``(N, views, D)`` features, else ``(N, D)``
+            (``D`` stands for the network's output shape: ``C, H, W`` for a backbone's bottom).
         cache_dir: keep the result here as ``features-<key>.pt`` and reuse it when the key matches.
         cache_key: what decides the dataset's content when the dataset cannot say it itself
             (default: its file list, transform and decoding, see :func:`dataset_key`).
@@ -145,7 +146,7 @@ def extract_features(
     stats["seconds"] = time.perf_counter() - start
     features = torch.stack([torch.stack([f for f, _ in p]) for p in passes], dim=1) if passes[0] else torch.zeros(0)
     labels = torch.stack([y for _, y in passes[0]]) if passes[0] else torch.zeros(0, dtype=torch.long)
-    if views == 1 and features.ndim == 3:
+    if views == 1 and passes[0]:  # (N, ...) whatever the output's shape (pooled or activations)
         features = features[:, 0]
     if file is not None and is_writer():
         atomic_torch_save({"features": features, "labels": labels}, file)  # a killed run leaves no half file

@@ -90,6 +90,7 @@ class ImageClassifier(LightningModule):
         self.optimizer_factory = from_plain(optimizer) or torch.optim.AdamW
         self.scheduler_factory = from_plain(lr_scheduler)
         self.input_kind = "images"  # or "features": see take_features
+        self._top: list[nn.Module] = []  # the trainable top of a cut backbone, while it takes activations
         if lr_scheduler_interval not in ("epoch", "step"):
             raise TLXError(f"model.lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}.")
         # Set from outside, read once in configure_optimizers: the strategy's groups
@@ -146,15 +147,21 @@ class ImageClassifier(LightningModule):
         """Width of what :meth:`features` returns (the head's input); subclasses may add layers."""
         return self.backbone.num_features
 
-    def take_features(self, enabled: bool = True) -> None:
+    def take_features(self, enabled: bool = True, top: nn.Module | None = None) -> None:
         """Take the backbone's pooled outputs, precomputed, as input instead of images (or, with
-        ``enabled=False``, images again): :class:`tlx.speed.FeatureCache` switches this for a fit."""
+        ``enabled=False``, images again): :class:`tlx.speed.FeatureCache` switches this for a fit.
+        With ``top`` (a backbone cut in two, :func:`tlx.backbones.split_backbone`), the input is the
+        frozen bottom's activations and ``top`` (sharing the backbone's parameters) runs on them."""
         self.input_kind = "features" if enabled else "images"
+        # In a list: registered as a submodule, the top would list the backbone's parameters twice.
+        self._top = [top] if enabled and top is not None else []
 
     def features(self, x: Tensor) -> Tensor:
         """Images (or, after :meth:`take_features`, backbone features) to the features the head sees."""
         if self.input_kind == "images":
             return self.backbone(x)
+        if self._top:
+            return self._top[0](x)
         if x.ndim != 2:
             raise TLXError(f"The model takes precomputed backbone features (B, D), got a batch of shape {tuple(x.shape)}.")
         return x

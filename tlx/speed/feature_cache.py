@@ -10,6 +10,16 @@ images (:meth:`~tlx.models.ImageClassifier.take_features`), so epochs never run 
 while validation metrics are logged under the same names and checkpoints still hold the whole
 model (test / predict from them run on images as usual). Both are undone when fit ends.
 
+With ``cut`` (a module of the backbone, :func:`tlx.backbones.cut_points`), only the bottom up to
+the cut is frozen and cached: its activations (``augmented_views`` random views per training
+image, as for pooled features) are computed once, and the top stages train with the head on
+them through :class:`tlx.backbones.cut.BackboneTop`, which shares the backbone's parameters, so
+checkpoints hold the whole model. Most of a CNN's compute sits in its early high-resolution
+stages: training the last stages then costs a fraction of full fine-tuning.
+
+Before anything is extracted, the size of the cache (images x views x one item's shape, in
+float32) is logged, and refused in one line when it exceeds ``max_cache_gb``.
+
 The cache is keyed by a hash of the backbone's weights, the preprocessing, the extraction
 precision and the file list (path, size, modification time, label): change any of them and the
 features are recomputed. Keys live in memory (this callback instance) and, with ``cache_dir``,
@@ -27,6 +37,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from tlx.backbones.cut import split_backbone
 from tlx.data.folders import files_digest
 from tlx.errors import TLXError
 from tlx.features import extract_features, feature_loader, features_cache_key
@@ -35,10 +46,12 @@ log = logging.getLogger("tlx")
 
 
 class FeatureCache(Callback):
-    """Train the head of a frozen backbone on features computed once (see the module docs).
+    """Train the head of a frozen backbone on features computed once, or with ``cut`` the top
+    stages and the head on a frozen bottom's activations (see the module docs).
 
-    Needs a frozen backbone (add :class:`tlx.finetuning.FreezeBackbone`, ``train_bn: false``)
-    and an :class:`~tlx.data.ImageFolderDataModule` (anything with ``eval_dataset(split)``,
+    Needs a frozen backbone (add :class:`tlx.finetuning.FreezeBackbone`, ``train_bn: false``),
+    unless ``cut`` is given (list this callback after any fine-tuning strategy then, so that the
+    bottom it freezes in ``setup`` stays frozen), and an :class:`~tlx.data.ImageFolderDataModule` (anything with ``eval_dataset(split)``,
     ``train_dataset()`` and ``serve_features``/``serve_images``).
 
     Args:
@@ -53,6 +66,12 @@ class FeatureCache(Callback):
         head_threads: intra-op threads while training on features (restored after ``fit``).
             Head-sized operations are too small to gain from threads, and their OpenMP
             synchronisation costs 10x the step itself on a busy machine. ``None``: unchanged.
+            Not applied with ``cut`` (the top stages are convolutions that do gain from threads).
+        cut: cache the backbone's output up to this module only (``blocks.4``, ``layer3``,
+            ``features.13``; a bad name lists the valid ones) and train the rest of it with the
+            head. The bottom is frozen by this callback; the backbone need not be. ``None``: the
+            whole backbone, which must then be frozen.
+        max_cache_gb: refuse (before extracting) a cache larger than this; ``None``: no limit.
     """
 
     def __init__(
@@ -63,9 +82,15 @@ class FeatureCache(Callback):
         eval_batch_size: int | None = None,
         extract_batch_size: int = 64,
         head_threads: int | None = 1,
+        cut: str | None = None,
+        max_cache_gb: float | None = None,
     ):
         if augmented_views < 0:
             raise TLXError(f"FeatureCache augmented_views must be >= 0, got {augmented_views}.")
+        self.cut = cut
+        self.max_cache_gb = max_cache_gb
+        self.split: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (bottom, top) with cut
+        self.cache_bytes = 0
         self.augmented_views = augmented_views
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_size = batch_size
@@ -79,13 +104,29 @@ class FeatureCache(Callback):
         self.extract_seconds = 0.0
         self.extracted_here = 0
 
+    # ---- the cut ---------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Here, before the optimizer is built: the bottom's parameters never enter it by default.
+        if self.cut is not None and stage == "fit":
+            backbone = getattr(pl_module, "backbone", None)
+            if backbone is None:
+                raise TLXError("FeatureCache needs a model with a `backbone` (tlx.models.ImageClassifier).")
+            self.split = split_backbone(backbone, self.cut)
+            self.split[0].requires_grad_(False)
+
+    def _network(self, pl_module: LightningModule) -> torch.nn.Module:
+        """What the cache runs: the bottom of the cut, or the whole backbone."""
+        return self.split[0] if self.split is not None else pl_module.backbone
+
     # ---- checks ------------------------------------------------------------------------------
-    @staticmethod
-    def _check(trainer: Trainer, pl_module: LightningModule) -> Any:
+    def _check(self, trainer: Trainer, pl_module: LightningModule) -> Any:
         backbone = getattr(pl_module, "backbone", None)
         if backbone is None:
             raise TLXError("FeatureCache needs a model with a `backbone` (tlx.models.ImageClassifier).")
-        if any(p.requires_grad for p in backbone.parameters()):
+        if self.split is not None:
+            # A strategy's setup may have made the bottom trainable: it never runs in training.
+            self.split[0].requires_grad_(False)
+        elif any(p.requires_grad for p in backbone.parameters()):
             raise TLXError(
                 "FeatureCache needs a backbone that stays frozen for the whole run: add the callback "
                 "tlx.finetuning.FreezeBackbone (train_bn: false), or drop FeatureCache to fine-tune."
@@ -104,11 +145,13 @@ class FeatureCache(Callback):
         hp = getattr(dm, "hparams", {})
         common = {"batch_size": self.extract_batch_size, "num_workers": int(hp.get("num_workers", 0)),
                   "precision": str(trainer.precision), "cache_dir": self.cache_dir}
-        backbone = pl_module.backbone
+        backbone = self._network(pl_module)
         # What decides the images' pixels, known without building a dataset (with cache_images that
         # decodes every image), so that features on disk need no image at all.
         data = {"preprocessing": dm.preprocessing.to_dict(), "fast_decode": hp.get("fast_decode"),
                 "files": files_digest(dm.samples(split)), "view": "eval"}
+        if self.split is not None:  # the bottom's weights alone do not say where it ends
+            data.update(cut=self.cut, backbone=getattr(pl_module.backbone, "name", None))
         parts = [(lambda: dm.eval_dataset(split), 1, data)]
         if split == "train" and self.augmented_views:
             # random views depend on the augmentation, and on cache_images (crops of the shrunk image)
@@ -122,7 +165,7 @@ class FeatureCache(Callback):
         for dataset, views, key in parts:
             stats: dict[str, Any] = {}
             f, y = extract_features(backbone, dataset, views=views, cache_key=key, stats=stats, **common)
-            features.append(f if f.ndim == 3 else f[:, None])
+            features.append(f if views > 1 else f[:, None])
             labels = y if labels is None else labels
             statuses.append(stats["status"])
             self.extract_seconds += stats["seconds"]
@@ -132,25 +175,59 @@ class FeatureCache(Callback):
         self._memory[memory_key] = (feats, labels)
         return feats, labels
 
+    def _item_shape(self, pl_module: LightningModule, size: int) -> tuple[int, ...]:
+        """The shape of one cached item: the pooled width, or the bottom's output on one probe image."""
+        if self.split is None:
+            return (int(pl_module.backbone.num_features),)
+        bottom = self.split[0]
+        param = next(bottom.parameters(), None)
+        probe = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
+        was_training = bottom.training
+        bottom.eval()
+        with torch.no_grad():
+            shape = tuple(bottom(probe).shape[1:])
+        bottom.train(was_training)
+        return shape
+
+    def _size_check(self, pl_module: LightningModule, dm: Any) -> None:
+        """Log the cache's size before building it; refuse one over ``max_cache_gb``."""
+        shape = self._item_shape(pl_module, dm.preprocessing.input_size)
+        n_train, n_val = len(dm.samples("train")), len(dm.samples("val"))
+        items = n_train * (1 + self.augmented_views) + n_val
+        self.cache_bytes = items * int(torch.Size(shape).numel()) * 4
+        gb = self.cache_bytes / 1e9
+        what = f"cut at {self.cut!r}" if self.cut else "pooled features"
+        log.info("FeatureCache (%s): %d train images x %d views + %d val images, %s float32 each: %.1f MB.",
+                 what, n_train, 1 + self.augmented_views, n_val, "x".join(map(str, shape)), self.cache_bytes / 1e6)
+        if self.max_cache_gb is not None and gb > self.max_cache_gb:
+            raise TLXError(
+                f"FeatureCache ({what}) would take {gb:.3g} GB, over max_cache_gb={self.max_cache_gb}: "
+                "cut later (smaller activations), lower augmented_views or preprocessing.input_size, "
+                "or raise max_cache_gb."
+            )
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = self._check(trainer, pl_module)
         hp = getattr(dm, "hparams", {})
+        self._size_check(pl_module, dm)
         self.extract_seconds = 0.0
         self.extracted_here = 0  # images this process ran through the backbone (its DDP share)
         train, val = self._features(trainer, pl_module, dm, "train"), self._features(trainer, pl_module, dm, "val")
+        trains = "the top stages and the head" if self.split is not None else "the head only"
         log.info(
-            "FeatureCache: train %s %s, val %s %s (%.1f s extracting); epochs now train the head only.",
+            "FeatureCache: train %s %s, val %s %s (%.1f s extracting); epochs now train %s.",
             tuple(train[0].shape), self.last_status["train"], tuple(val[0].shape), self.last_status["val"],
-            self.extract_seconds,
+            self.extract_seconds, trains,
         )
         bs = self.batch_size or hp.get("batch_size", 32)
         ebs = self.eval_batch_size or hp.get("eval_batch_size") or bs
         # Lightning asks the data module for its loaders after on_fit_start.
         self._serving = (dm, pl_module)
-        dm.serve_features(feature_loader(*train, bs, train=True, trainer=trainer),
-                          feature_loader(*val, ebs, train=False, trainer=trainer))
-        pl_module.take_features(True)
-        if self.head_threads and pl_module.device.type == "cpu":
+        views = bool(self.augmented_views)
+        dm.serve_features(feature_loader(*train, bs, train=True, trainer=trainer, views=views),
+                          feature_loader(*val, ebs, train=False, trainer=trainer, views=False))
+        pl_module.take_features(True, top=self.split[1] if self.split is not None else None)
+        if self.head_threads and self.split is None and pl_module.device.type == "cpu":
             self._threads = torch.get_num_threads()
             torch.set_num_threads(self.head_threads)
 
