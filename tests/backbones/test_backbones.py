@@ -149,3 +149,13 @@ def test_weights_file_missing_or_carrying_pickled_code_is_refused(tmp_path):
         pickle.dump({"conv.weight": Payload()}, f)
     with pytest.raises(BackboneError, match="Refusing to load .*evil.pth"):
         create_backbone("timm:test_resnet", weights=None, weights_path=str(path))
+
+
+def test_keeping_the_source_classifier_aside_draws_nothing_from_the_global_rng():
+    # Seeded runs must not shift because the ImageNet classifier is kept for `rank`.
+    torch.manual_seed(0)
+    assert create_backbone("efficientnet_lite0").source_classifier is not None
+    with_weights = torch.rand(1)
+    torch.manual_seed(0)
+    create_backbone("efficientnet_lite0", weights=None)
+    assert torch.equal(torch.rand(1), with_weights)

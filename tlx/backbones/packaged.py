@@ -96,7 +96,8 @@ def create_packaged_backbone(
         load_weights_into(model, state, str(source), f"tlx:{name}")
         if "classifier.weight" in state:  # the ImageNet classifier, kept aside (see Backbone)
             weight, bias = state["classifier.weight"], state.get("classifier.bias")
-            source_classifier = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            # skip_init: no draw from the global RNG, so keeping it aside changes no seeded run.
+            source_classifier = torch.nn.utils.skip_init(torch.nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None)
             source_classifier.load_state_dict({"weight": weight, **({"bias": bias} if bias is not None else {})})
     preprocessing = Preprocessing.from_timm(resolve_model_data_config(model))
     return Backbone(model, model.num_features, preprocessing, name=f"tlx:{name}", source_classifier=source_classifier)
