@@ -105,7 +105,8 @@ def test_unlabelled_target_validates_on_held_out_source(tmp_path):
 
 def test_target_with_other_classes_is_a_clear_error(tmp_path):
     source = make_domain(tmp_path / "source", 0, 2)
-    write_image(tmp_path / "target" / "fox" / "a.png", COLOURS["fox"])
+    write_image(tmp_path / "target" / "cat" / "a.png", COLOURS["cat"])
+    write_image(tmp_path / "target" / "fox" / "a.png", COLOURS["fox"])  # two classes, not the source's two
     dm = DomainAdaptationDataModule(str(source), str(tmp_path / "target"))
     with pytest.raises(DataError, match="Class folders differ"):
         dm.samples("target")
