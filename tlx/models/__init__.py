@@ -1,3 +1,4 @@
 from tlx.models.classifier import ImageClassifier
+from tlx.models.loading import load
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "load"]
