@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 
 import pytest
@@ -83,3 +84,13 @@ def test_predict_and_load_refuse_bad_input_in_one_line(trained, tmp_path):
         tlx.load(tmp_path / "bare.ckpt")
     with pytest.raises(TLXError, match="trained model"):
         tlx.ImageClassifier(**TINY_MODEL).predict(tmp_path / "missing.jpg")
+
+
+def test_onnx_export_without_onnx_says_what_to_install(trained, tmp_path, monkeypatch):
+    from tlx.export import export_checkpoint
+    from tlx.optional import MissingDependencyError
+
+    _, ckpt, _ = trained
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'tlx\[export\]'"):
+        export_checkpoint(tlx.load(ckpt), ckpt, formats="onnx", output_dir=str(tmp_path))

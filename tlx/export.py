@@ -27,6 +27,7 @@ from tlx.data.file_list import read_file_list
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError, TLXError
+from tlx.optional import require
 from tlx.preprocessing import Preprocessing
 
 log = logging.getLogger("tlx")
@@ -177,8 +178,8 @@ def export_checkpoint(
         info["files"]["torchscript"] = str(path)
 
     if "onnx" in wanted:
-        import onnx
-        import onnxruntime as ort
+        onnx = require("onnx", "export", "ONNX export (--format onnx)")
+        ort = require("onnxruntime", "export", "Checking the ONNX export")
 
         path = out / f"{ckpt.stem}.onnx"
         with warnings.catch_warnings(), torch.no_grad():

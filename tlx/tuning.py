@@ -8,14 +8,10 @@ import math
 import os
 from pathlib import Path
 
-import matplotlib
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.tuner import Tuner
 
-matplotlib.use("Agg")  # headless
-
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer  # noqa: E402
-from lightning.pytorch.tuner import Tuner  # noqa: E402
-
-from tlx.errors import TLXError  # noqa: E402
+from tlx.errors import TLXError
 
 log = logging.getLogger("tlx")
 
@@ -63,6 +59,9 @@ def find_lr(
     suggestion = finder.suggestion(skip_begin=min(10, max(0, n // 5)), skip_end=1 if n > 3 else 0)
     if suggestion is not None and not math.isfinite(suggestion):
         suggestion = None
+    import matplotlib  # here, not at import: `import tlx` must not load matplotlib
+
+    matplotlib.use("Agg")  # headless: Lightning's plot goes through pyplot
     fig = finder.plot(suggest=False)  # its own marker would re-run suggestion() with other skips
     if suggestion is not None:
         lrs, losses = finder.results["lr"], finder.results["loss"]

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")  # headless: figures are only ever written to files and TensorBoard
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GOOD, BAD = "#1a7f37", "#cf222e"
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib ``Figure`` (imported here, when a figure is first drawn, so that ``import tlx``,
+    ``tlx.load`` and ``predict`` do not load matplotlib). A bare Figure needs no pyplot backend:
+    :func:`figure_to_array` renders it with Agg, headless."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -37,7 +45,7 @@ def image_grid_figure(
     ncols = ncols or max(1, math.ceil(math.sqrt(n)))
     nrows = max(1, math.ceil(n / ncols))
     title_lines = max((t.count("\n") + 1 for t in titles), default=0) if titles else 0
-    fig = Figure(figsize=(ncols * cell_inches, nrows * (cell_inches + 0.18 * title_lines)), dpi=100)
+    fig = new_figure(figsize=(ncols * cell_inches, nrows * (cell_inches + 0.18 * title_lines)), dpi=100)
     for i in range(nrows * ncols):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.axis("off")
