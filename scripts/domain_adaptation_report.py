@@ -6,8 +6,12 @@ Two budgets:
   pooled features of every image (centre crop, ``--image-size``) are computed once and cached,
   then ``DomainAdaptationClassifier`` trains bottleneck, head and the objective's own modules on
   them for ``--steps`` steps (source and target batch each step), through Lightning.
-* ``--mode finetune``: the real pipeline, ``python -m tlx fit --config
-  configs/office31_<task>_<method>.yaml`` with ``--trainer.max_steps``; the whole network trains.
+* ``--mode finetune``: the real pipeline, ``python -m tlx fit`` with
+  configs/domain_adaptation/{office31,<task>,objectives/<method>}.yaml and ``--trainer.max_steps``;
+  the whole network trains.
+
+The methods are the fragments in configs/domain_adaptation/objectives/ (a new objective is picked
+up by adding its fragment), each objective built as its fragment says.
 
 Either way every method gets the same seeds, steps, batch size and optimiser; the printed number
 is top-1 accuracy on all target images (their labels are never used for training).
@@ -40,21 +44,15 @@ from tlx.backbones.base import Backbone  # noqa: E402
 from tlx.data.datasets import LabelledImages  # noqa: E402
 from tlx.data.folders import scan_class_folders  # noqa: E402
 from tlx.data.transforms import eval_transform  # noqa: E402
-from tlx.domain_adaptation import objectives as O  # noqa: E402
+from tlx.domain_adaptation.objectives import Objective  # noqa: E402
 from tlx.domain_adaptation.model import DomainAdaptationClassifier  # noqa: E402
 from tlx.preprocessing import Preprocessing  # noqa: E402
 
+from scripts.fragments import OBJECTIVES, fragments, instantiate, read  # noqa: E402
+
 OFFICE31 = (REPO / ".." / "shared" / "data" / "office31").resolve()
 TASKS = {"a2w": ("amazon", "webcam"), "w2a": ("webcam", "amazon")}
-METHODS = {
-    "source_only": O.SourceOnly,
-    "dann": O.DANN,
-    "cdan": O.CDAN,
-    "dan": O.DAN,
-    "coral": O.CORAL,
-    "mcc": O.MCC,
-    "instance_weighting": O.InstanceWeighting,
-}
+METHODS = fragments(OBJECTIVES)  # name -> its fragment
 
 
 # ---- features mode ---------------------------------------------------------------------------
@@ -108,7 +106,8 @@ def run_features(task: str, method: str, seed: int, args) -> float:
     xt, yt, _ = cached_features(tgt, args.image_size, args.cache)
     seed_everything(seed, verbose=False)
     model = DomainAdaptationClassifier(
-        backbone="efficientnet_lite0", class_names=classes, objective=METHODS[method](),
+        backbone="efficientnet_lite0", class_names=classes,
+        objective=instantiate(read(METHODS[method], "model", "init_args", "objective"), Objective),
         optimizer=lambda p: torch.optim.SGD(p, lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True),
         lr_scheduler=None,
     )
@@ -129,9 +128,11 @@ def run_features(task: str, method: str, seed: int, args) -> float:
 def run_finetune(task: str, method: str, seed: int, args) -> float:
     from tlx.cli import TLXCLI
 
-    config = REPO / "configs" / f"office31_{task}_{method}.yaml"
+    # the base experiment, the task, the objective: three fragments stacked
+    configs = [OBJECTIVES.parent / "office31.yaml", OBJECTIVES.parent / f"{task}.yaml", METHODS[method]]
     cli = TLXCLI(args=[
-        "--config", str(config), f"--seed_everything={seed}", f"--trainer.max_steps={args.steps}",
+        *(a for config in configs for a in ("--config", str(config))),
+        f"--seed_everything={seed}", f"--trainer.max_steps={args.steps}",
         f"--trainer.default_root_dir={args.runs}/{task}_{method}_{seed}", "--trainer.enable_progress_bar=false",
         *(["--trainer.precision=bf16-mixed"] if args.bf16 else []),
     ], run=False)
@@ -165,7 +166,7 @@ def main() -> None:
         budget = (f"frozen efficientnet_lite0 features ({args.image_size} px), {args.steps} steps, "
                   f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}")
     else:
-        budget = f"full fine-tuning with configs/office31_<task>_<method>.yaml, {args.steps} steps"
+        budget = f"full fine-tuning with configs/domain_adaptation/ (office31 + task + objective), {args.steps} steps"
     print(f"Office-31 target accuracy (%), {budget}, seeds {args.seeds}", flush=True)
     results: dict[tuple[str, str], list[float]] = {}
     for task in args.tasks:

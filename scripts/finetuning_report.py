@@ -3,6 +3,12 @@
     nice -n 10 python scripts/finetuning_report.py            # small default budget (CPU)
     python scripts/finetuning_report.py --epochs 10 --size 224  # a fuller comparison
 
+The strategies are the fragments in configs/finetuning/strategies/ (a new one is picked up by
+adding its fragment), each built as its fragment says, except for one shared budget: wherever a
+fragment sets them, ``unfreeze_at_epoch`` (half the epochs), ``warmup_steps`` and
+``backbone_lr_scale`` take the report's values (``--unfreeze-at``, ``--warmup-steps``,
+``--backbone-lr-scale``), and every run uses the report's model, data and optimizer.
+
 Low-data case: ``--shots`` labelled images per class of Office-31 webcam (31 classes),
 validated on all the other webcam images. The backbone is the packaged EfficientNet-Lite0
 (ImageNet weights, offline); ``--size`` shrinks its input to save CPU. Prints one markdown row
@@ -19,6 +25,7 @@ import time
 import warnings
 from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
@@ -29,37 +36,34 @@ sys.path.insert(0, str(REPO))
 from tlx.backbones import create_backbone  # noqa: E402
 from tlx.data import ImageFolderDataModule  # noqa: E402
 from tlx.data.fewshot import FewShotImageFolder  # noqa: E402
-from tlx.finetuning import (  # noqa: E402
-    L2SP,
-    BitFit,
-    DiscriminativeLR,
-    FreezeBackbone,
-    FreezeUnfreeze,
-    FullFinetune,
-    GradualUnfreeze,
-    LayerDecay,
-    LoRA,
-)
+from tlx.finetuning import L2SP  # noqa: E402
 from tlx.models import ImageClassifier  # noqa: E402
+
+from scripts.fragments import STRATEGIES, fragments, instantiate, read  # noqa: E402
 
 SHARED = (REPO / ".." / "shared").resolve()
 
 
-def strategies(epochs: int) -> dict[str, list[Callback]]:
-    """name -> callbacks; unfreeze points scale with the budget."""
-    half = max(1, epochs // 2)
-    return {
-        "feature_extraction": [FreezeBackbone()],
-        "full (backbone lr x0.1)": [FullFinetune(backbone_lr_scale=0.1)],
-        f"freeze_unfreeze (epoch {half})": [FreezeUnfreeze(unfreeze_at_epoch=half, backbone_lr_scale=0.1, warmup_steps=3)],
-        "gradual_unfreeze (4 groups)": [GradualUnfreeze(unfreeze_every=1, num_groups=4, layer_decay=0.5)],
-        "layer_decay 0.75": [LayerDecay(decay=0.75)],
-        "discriminative_lr 1/100": [DiscriminativeLR(lo=0.01, num_groups=3)],
-        "full, BN stats frozen": [FullFinetune(backbone_lr_scale=0.1, freeze_bn_stats=True)],
-        "lora r8 (pointwise+head conv)": [LoRA(target_modules=["blocks.*.conv_pw", "blocks.*.conv_pwl", "conv_head"], rank=8)],
-        "bitfit": [BitFit()],
-        "l2sp (a=0.01, b=0.01)": [FullFinetune(backbone_lr_scale=0.1), L2SP(alpha=0.01, beta=0.01)],
-    }
+def budget(args) -> dict[str, Any]:
+    """Init arguments the report sets wherever a fragment sets them: a 2-epoch run still
+    unfreezes, and warms up, inside its budget."""
+    unfreeze_at = args.unfreeze_at if args.unfreeze_at is not None else max(1, args.epochs // 2)
+    return {"unfreeze_at_epoch": unfreeze_at, "warmup_steps": args.warmup_steps,
+            "backbone_lr_scale": args.backbone_lr_scale}
+
+
+def strategies(args) -> dict[str, Callable[[], list[Callback]]]:
+    """name -> a fresh list of the fragment's callbacks, with the report's budget."""
+    overrides = budget(args)
+
+    def build(path: Path) -> list[Callback]:
+        specs = read(path, "trainer", "callbacks+")
+        for spec in specs:
+            init_args = spec.get("init_args") or {}
+            init_args.update({k: v for k, v in overrides.items() if k in init_args})
+        return instantiate(specs, list[Callback])
+
+    return {name: partial(build, path) for name, path in fragments(STRATEGIES).items()}
 
 
 class BestAcc(Callback):
@@ -107,6 +111,10 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--unfreeze-at", type=int, default=None, help="unfreeze_at_epoch (default: epochs // 2)")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="warmup_steps, where a strategy sets it")
+    parser.add_argument("--backbone-lr-scale", type=float, default=0.1,
+                        help="backbone_lr_scale, where a strategy sets it")
     parser.add_argument("--only", nargs="*", default=None, help="substrings of strategy names to run")
     parser.add_argument("--datasets", nargs="*", default=None, help="substrings of dataset names to run")
     args = parser.parse_args()
@@ -117,16 +125,17 @@ def main() -> None:
     base = create_backbone("efficientnet_lite0").preprocessing.to_dict()
     data_config = dict(base, input_size=args.size, resize_size=round(args.size / 0.875))
     print(f"EfficientNet-Lite0 (ImageNet), {args.epochs} epochs, {args.size} px, batch {args.batch_size}, "
-          f"AdamW lr {args.lr:g} + cosine, torch threads {torch.get_num_threads()}\n")
+          f"AdamW lr {args.lr:g} + cosine, torch threads {torch.get_num_threads()}; where a strategy sets them: "
+          + ", ".join(f"{k} {v:g}" for k, v in budget(args).items()) + "\n")
     print("| data | strategy | trainable params | best val acc | wall time (s) |")
     print("|---|---|---:|---:|---:|", flush=True)
     for data_name, make_data in datasets(args).items():
         if args.datasets and not any(s in data_name for s in args.datasets):
             continue
-        for name, callbacks in strategies(args.epochs).items():
+        for name, make_callbacks in strategies(args).items():
             if args.only and not any(s in name for s in args.only):
                 continue
-            trainable, acc, wall = run_one(make_data, callbacks, args, data_config)
+            trainable, acc, wall = run_one(make_data, make_callbacks(), args, data_config)
             print(f"| {data_name} | {name} | {trainable:,} | {acc:.3f} | {wall:.0f} |", flush=True)
 
 

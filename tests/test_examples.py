@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO, make_imagefolder
+from tests.helpers import REPO, make_imagefolder
 
 
 def test_quickstart_fits_loads_and_predicts(tmp_path):

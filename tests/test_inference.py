@@ -11,8 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 import tlx
-from tests.conftest import TINY_MODEL, make_imagefolder
-from tests.helpers import tiny_trainer
+from tests.helpers import TINY_MODEL, make_imagefolder, tiny_trainer
 from tlx.checkpointing import CheckpointError
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError, TLXError

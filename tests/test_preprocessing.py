@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL, TINY_PREPROCESSING
+from tests.helpers import TINY_MODEL, TINY_PREPROCESSING
 from tests.helpers import tiny_trainer
 from tlx.data import ImageFolderDataModule
 from tlx.errors import DataError, TLXError

@@ -22,6 +22,8 @@ import threading
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tlx.compat import checkpoint_every_n_epochs, request_graceful_stop
+
 log = logging.getLogger("tlx")
 
 EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
@@ -56,7 +58,7 @@ class LastCheckpoint(Callback):
 
     def save(self, trainer: Trainer) -> str:
         path = self.path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # explicit: Lightning logs a misleading default otherwise
         cb = self._model_checkpoint(trainer)
         if cb is not None and os.path.dirname(path) == cb.dirpath:
             cb.last_model_path = path  # ModelCheckpoint then overwrites this file instead of adding last-v1
@@ -76,7 +78,7 @@ class LastCheckpoint(Callback):
             return False
         self.preempted_path = self.save(trainer)
         log.warning("SIGTERM received: saved %s; resume with --ckpt_path last.", self.preempted_path)
-        trainer._signal_connector.received_sigterm = True  # Lightning's loops exit at their next check
+        request_graceful_stop(trainer)  # Lightning's loops exit at their next check
         return True
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
@@ -100,7 +102,7 @@ class LastCheckpoint(Callback):
 
     @staticmethod
     def _will_save_top_k(cb: ModelCheckpoint, trainer: Trainer) -> bool:
-        every = getattr(cb, "_every_n_epochs", 1)
+        every = checkpoint_every_n_epochs(cb)
         if cb.save_top_k == 0 or every < 1 or (trainer.current_epoch + 1) % every:
             return False
         return cb.check_monitor_top_k(trainer, trainer.callback_metrics.get(cb.monitor))

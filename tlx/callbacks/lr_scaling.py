@@ -10,9 +10,6 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from tlx.errors import TLXError
 
-# Param-group keys that hold learning rates the schedule starts from (OneCycleLR keeps max/min).
-_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
-
 
 class ScaleLearningRate(Callback):
     """Multiply the configured learning rate by ``(global_batch / reference_batch_size)``.
@@ -50,22 +47,18 @@ class ScaleLearningRate(Callback):
             raise TLXError("ScaleLearningRate: the batch size is unknown; set its batch_size argument.")
         return int(batch) * trainer.world_size * trainer.accumulate_grad_batches
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Runs after the optimisers and schedulers exist and before a checkpoint's optimiser state
-        # is restored, so a resumed run keeps its saved (already scaled) learning rates.
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Hands the factor to the model, which applies it with the groups' scales in one place
+        # (tlx.optim.scale_learning_rates) when it builds the optimizer. A resumed run then
+        # continues with the checkpoint's (already scaled) learning rates.
+        if stage != "fit":
+            return
+        if not hasattr(pl_module, "lr_factor"):
+            raise TLXError(f"ScaleLearningRate needs a tlx model (with `lr_factor`), not {type(pl_module).__name__}.")
         global_batch = self.global_batch_size(trainer)
         ratio = global_batch / self.reference_batch_size
         self.factor = ratio if self.rule == "linear" else math.sqrt(ratio)
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                for key in _LR_KEYS:
-                    if isinstance(group.get(key), (int, float)):
-                        group[key] *= self.factor
-        for config in trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            for attr in ("base_lrs", "_last_lr"):
-                if isinstance(getattr(scheduler, attr, None), list):
-                    setattr(scheduler, attr, [lr * self.factor for lr in getattr(scheduler, attr)])
+        pl_module.lr_factor = self.factor
         rank_zero_info(
             f"[tlx] learning rate x{self.factor:.4g} ({self.rule}): global batch {global_batch} "
             f"vs reference {self.reference_batch_size}"

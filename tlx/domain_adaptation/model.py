@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from tlx.compat import attached_trainer
 from tlx.domain_adaptation.objectives import DomainBatch, Objective, SourceOnly
 from tlx.errors import TLXError
 from tlx.heads import HeadFactory
@@ -63,12 +64,14 @@ class DomainAdaptationClassifier(ImageClassifier):
         data_config: dict[str, Any] | None = None,
         objective: Objective | None = None,
         bottleneck_dim: int | None = 256,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        no_decay_norm_bias: bool = True,
     ):
         # The head is built below, once the bottleneck (its input) and the objective exist.
         with warnings.catch_warnings():  # "objective is an nn.Module": replaced by plain data below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             super().__init__(backbone, weights, weights_path, backbone_kwargs, head, None, optimizer, lr_scheduler,
-                             label_smoothing, preprocessing, data_config)
+                             label_smoothing, preprocessing, data_config, lr_scheduler_interval, no_decay_norm_bias)
         self.objective = _objective_from(objective)
         # Plain data in the hyperparameters: checkpoints load with weights_only=True.
         self.hparams["objective"] = self.objective.describe()
@@ -102,7 +105,7 @@ class DomainAdaptationClassifier(ImageClassifier):
     @property
     def progress(self) -> float:
         """Fraction of training done, for the objectives' warm-start schedules."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None:
             return 1.0
         total = trainer.estimated_stepping_batches

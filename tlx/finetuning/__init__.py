@@ -14,7 +14,7 @@ Every strategy takes the BatchNorm policy (``train_bn``, ``freeze_bn_stats``) an
 trainable and frozen parameters per group.
 """
 
-from tlx.finetuning.base import FinetuneStrategy, ParamGroup
+from tlx.finetuning.base import FinetuneStrategy
 from tlx.finetuning.bitfit import BitFit
 from tlx.finetuning.freeze import FreezeBackbone
 from tlx.finetuning.full import FullFinetune
@@ -24,6 +24,7 @@ from tlx.finetuning.l2sp import L2SP
 from tlx.finetuning.layer_lr import DiscriminativeLR, LayerDecay
 from tlx.finetuning.lora import LoRA, merge_lora
 from tlx.finetuning.unfreeze import FreezeUnfreeze
+from tlx.optim import ParamGroup
 
 __all__ = [
     "BitFit",

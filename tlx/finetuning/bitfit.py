@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from lightning.pytorch import LightningModule
 
-from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
+from tlx.finetuning.base import FinetuneStrategy, head_params
+from tlx.optim import ParamGroup
 
 
 class BitFit(FinetuneStrategy):

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from tlx.compat import BatchNormBase
 from tlx.errors import TLXError
 
-_NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_NORM = (BatchNormBase, nn.GroupNorm, nn.LayerNorm)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -59,20 +60,29 @@ def _module_params(modules: list[nn.Module]) -> list[nn.Parameter]:
     return list({id(p): p for m in modules for p in m.parameters()}.values())
 
 
+def _owning_modules(model: nn.Module, params: list[nn.Parameter]) -> list[nn.Module]:
+    """The largest modules all of whose parameters are in ``params`` (whole blocks, so that
+    parameter-free parts such as DropPath and Dropout follow the group's train/eval mode)."""
+    ids = {id(p) for p in params}
+    owned = {name for name, m in model.named_modules()
+             if (own := [id(p) for p in m.parameters()]) and all(i in ids for i in own)}
+    return [m for name, m in model.named_modules() if name in owned and (name.rpartition(".")[0] not in owned or not name)]
+
+
 def _timm_groups(model: nn.Module, fine: bool) -> list[LayerGroup]:
     # Parameters decide membership (timm's matcher also claims bare tensors such as a ViT's
-    # pos_embed); modules are kept for train/eval mode.
+    # pos_embed); the modules owning them are kept for train/eval mode.
     from timm.models import group_modules, group_parameters
 
     matcher = model.group_matcher(coarse=not fine)
     by_params = group_parameters(model, matcher)
     by_modules = group_modules(model, matcher)
-    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    params = dict(model.named_parameters())
     groups = []
     for gid, names in sorted(by_params.items()):
-        mods = [modules[n] for n in by_modules.get(gid, [])]
+        members = [params[n] for n in names]
         label = _common_name(by_modules.get(gid) or [n.rpartition(".")[0] or n for n in names])
-        groups.append(LayerGroup(label, mods, [params[n] for n in names]))
+        groups.append(LayerGroup(label, _owning_modules(model, members), members))
     return [g for g in groups if g.params]
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from lightning.pytorch import LightningModule
 
-from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
+from tlx.finetuning.base import FinetuneStrategy, head_params
 from tlx.finetuning.groups import FinetuningError, LayerGroup, layer_groups
+from tlx.optim import ParamGroup
 
 
 class LayerwiseStrategy(FinetuneStrategy):

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 
-from tlx.finetuning.base import FinetuneStrategy, ParamGroup, head_params
+from tlx.finetuning.base import FinetuneStrategy, head_params
 from tlx.finetuning.groups import FinetuningError
+from tlx.optim import ParamGroup
 
 log = logging.getLogger("tlx")
 
@@ -132,7 +133,7 @@ class LoRA(FinetuneStrategy):
         rank: rank of the update.
         alpha: the update is scaled by ``alpha / rank``.
         dropout: dropout on the adapters' input.
-        lr_scale: the adapters' LR relative to the head's.
+        backbone_lr_scale: the adapters' LR relative to the head's (the name every strategy uses).
         save_merged: at the end of fitting, write ``lora_merged.pt`` to the log directory: the
             classifier's state dict with the updates merged, loadable into a plain
             ``ImageClassifier`` with the same backbone and classes.
@@ -145,14 +146,14 @@ class LoRA(FinetuneStrategy):
         rank: int = 8,
         alpha: float = 16.0,
         dropout: float = 0.0,
-        lr_scale: float = 1.0,
+        backbone_lr_scale: float = 1.0,
         save_merged: bool = True,
         freeze_bn_stats: bool = False,
     ):
         super().__init__(freeze_bn_stats=freeze_bn_stats)
         self.target_modules = list(target_modules or ["*"])
         self.rank, self.alpha, self.dropout = rank, alpha, dropout
-        self.lr_scale = lr_scale
+        self.backbone_lr_scale = backbone_lr_scale
         self.save_merged = save_merged
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
@@ -165,7 +166,7 @@ class LoRA(FinetuneStrategy):
 
     def groups(self, pl_module: LightningModule) -> list[ParamGroup]:
         lora = [p for n, p in pl_module.backbone.named_parameters() if ".lora_" in f".{n}"]
-        return [ParamGroup("head", head_params(pl_module)), ParamGroup("backbone.lora", lora, self.lr_scale)]
+        return [ParamGroup("head", head_params(pl_module)), ParamGroup("backbone.lora", lora, self.backbone_lr_scale)]
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_end(trainer, pl_module)

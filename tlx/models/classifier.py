@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +15,10 @@ from torchmetrics import MeanMetric
 
 from tlx.backbones import create_backbone
 from tlx.errors import DataError, TLXError
-from tlx.finetuning.base import fit_scheduler_to_groups, optimizer_param_groups, scale_group_lrs
 from tlx.heads import HeadFactory, LinearHead
 from tlx.inference import Images, Prediction, predict
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
+from tlx.optim import ParamGroup, ParamGroupsProvider, optimizer_param_groups, scale_learning_rates
 from tlx.plain import from_plain, to_plain
 from tlx.preprocessing import fed_preprocessing, resolve_preprocessing
 from tlx.tensorboard import add_figure, tensorboard_loggers
@@ -39,12 +39,17 @@ class ImageClassifier(LightningModule):
         head: the classifier head, called as ``head(num_features, num_classes)``; default
             :class:`~tlx.heads.LinearHead`.
         class_names: filled in from the data (and stored in checkpoints); set it only to pin them.
-        optimizer: called with the trainable parameters (or, with a fine-tuning strategy from
-            :mod:`tlx.finetuning` in ``trainer.callbacks``, its named parameter groups, each
-            group's LR scaled by the strategy); default AdamW (lr 1e-3). (Defaults are
-            ``None`` so that jsonargparse cannot carry a default class's arguments, such as
-            AdamW's weight decay, into the class a config names instead.)
-        lr_scheduler: called with the optimizer; stepped every epoch.
+        optimizer: called with named parameter groups: the trainable parameters (``all``), or
+            the groups of the fine-tuning strategy in ``trainer.callbacks`` (which sets
+            :attr:`param_groups_provider`), each group's LR scaled by its ``lr_scale``; default
+            AdamW (lr 1e-3). (Defaults are ``None`` so that jsonargparse cannot carry a default
+            class's arguments, such as AdamW's weight decay, into the class a config names instead.)
+        lr_scheduler: called with the optimizer; a scheduler with ``set_total_steps``
+            (:class:`tlx.optim.WarmupCosine`) is told the run's length in scheduler steps.
+        lr_scheduler_interval: step the scheduler every ``epoch`` or every optimizer ``step``.
+        no_decay_norm_bias: exempt norm layers, biases and ``no_weight_decay()`` parameters (a
+            ViT's ``pos_embed``, ``cls_token``) from weight decay, as timm does; each group
+            ``name`` then has a ``name.no_decay`` partner. Only where the optimizer decays.
         label_smoothing: cross-entropy label smoothing.
         preprocessing: preprocessing override (``input_size``, ``resize_size``, ``interpolation``,
             ``mean``, ``std``); by default the backbone weights' own. A data module's
@@ -66,6 +71,8 @@ class ImageClassifier(LightningModule):
         label_smoothing: float = 0.0,
         preprocessing: dict[str, Any] | None = None,
         data_config: dict[str, Any] | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        no_decay_norm_bias: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -81,6 +88,12 @@ class ImageClassifier(LightningModule):
         self.optimizer_factory = from_plain(optimizer) or torch.optim.AdamW
         self.scheduler_factory = from_plain(lr_scheduler)
         self.input_kind = "images"  # or "features": see take_features
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise TLXError(f"model.lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}.")
+        # Set from outside, read once in configure_optimizers: the strategy's groups
+        # (tlx.finetuning) and the batch-size LR factor (tlx.callbacks.ScaleLearningRate).
+        self.param_groups_provider: ParamGroupsProvider | None = None
+        self.lr_factor = 1.0
         self.class_names = list(class_names) if class_names else None
         self.head: torch.nn.Module | None = None
         if self.class_names:
@@ -213,15 +226,29 @@ class ImageClassifier(LightningModule):
         return predict(self, images, batch_size=batch_size)
 
     # ---- optimisation ------------------------------------------------------------------------
+    def _named_groups(self) -> list[ParamGroup]:
+        if self.param_groups_provider is not None:
+            return self.param_groups_provider.param_groups(self)
+        return [ParamGroup("all", [p for p in self.parameters() if p.requires_grad])]
+
+    def _scheduler_steps(self) -> int:
+        """The run's length in scheduler steps (the one place it is resolved)."""
+        if self.hparams.get("lr_scheduler_interval", "epoch") == "step":
+            return int(self.trainer.estimated_stepping_batches)
+        return int(self.trainer.max_epochs)
+
     def configure_optimizers(self) -> Any:
-        # Trainable parameters, or a fine-tuning strategy's named groups with LR scales.
-        optimizer = self.optimizer_factory(optimizer_param_groups(self))
-        scale_group_lrs(optimizer)
-        if self.scheduler_factory is None:
+        groups = self._named_groups()
+        optimizer = self.optimizer_factory(optimizer_param_groups(self, groups, exempt_from_decay=False))
+        if self.hparams.get("no_decay_norm_bias", True) and optimizer.defaults.get("weight_decay"):
+            optimizer = self.optimizer_factory(optimizer_param_groups(self, groups, exempt_from_decay=True))
+        scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
+        if hasattr(scheduler, "set_total_steps"):
+            scheduler.set_total_steps(self._scheduler_steps())
+        scale_learning_rates(optimizer, scheduler, self.lr_factor)
+        if scheduler is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        fit_scheduler_to_groups(scheduler)
-        config = {"scheduler": scheduler, "interval": "epoch"}
+        config = {"scheduler": scheduler, "interval": self.hparams.get("lr_scheduler_interval", "epoch")}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}

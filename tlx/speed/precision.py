@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import torch
 
+from tlx.compat import mkldnn_bf16_supported
+
 log = logging.getLogger("tlx")
 
 # CPU flags of native bf16 arithmetic (AVX512-BF16, AMX). Without them bf16 is emulated and
@@ -20,7 +22,7 @@ def cpu_bf16_supported() -> bool:
         with open("/proc/cpuinfo") as f:
             flags = set(f.read().split())
     except OSError:  # not Linux: trust oneDNN, which picks bf16 kernels only where they exist
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return mkldnn_bf16_supported()
     return any(flag in flags for flag in _CPU_BF16_FLAGS)
 
 

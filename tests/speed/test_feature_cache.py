@@ -1,0 +1,145 @@
+"""FeatureCache: features computed once, keyed by weights / preprocessing / files, same metrics."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from lightning.pytorch import seed_everything
+
+from tests.helpers import TINY_MODEL, TINY_PREPROCESSING, tiny_trainer, write_image
+from tlx.data import ImageFolderDataModule
+from tlx.errors import TLXError
+from tlx.finetuning import FreezeBackbone
+from tlx.models import ImageClassifier
+from tlx.speed import FeatureCache
+from tlx.data.folders import files_digest
+from tlx.features import content_key, weights_digest
+
+
+def _fit(root, tmp_path, callbacks, epochs=1, batch_size=4, model_kwargs=None, seed=0, **trainer_kwargs):
+    seed_everything(seed)
+    model = ImageClassifier(**{**TINY_MODEL, **(model_kwargs or {})})
+    dm = ImageFolderDataModule(root=str(root), batch_size=batch_size, num_workers=0)
+    trainer = tiny_trainer(tmp_path, max_epochs=epochs, callbacks=callbacks, **trainer_kwargs)
+    trainer.fit(model, datamodule=dm)
+    return trainer, model, dm
+
+
+def _count_backbone_calls(model) -> list[int]:
+    calls = [0]
+    model.backbone.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_backbone_runs_only_in_the_extraction_pass(tiny_folder, tmp_path):
+    counts = {}
+    for epochs in (1, 3):
+        seed_everything(0)
+        model = ImageClassifier(**TINY_MODEL)
+        calls = _count_backbone_calls(model)
+        dm = ImageFolderDataModule(root=str(tiny_folder), batch_size=4, num_workers=0)
+        cache = FeatureCache(extract_batch_size=64)
+        tiny_trainer(tmp_path, max_epochs=epochs, callbacks=[FreezeBackbone(), cache]).fit(model, datamodule=dm)
+        counts[epochs] = calls[0]
+        assert cache.last_status == {"train": "computed", "val": "computed"}
+    # one batch of train images + one of val images, whatever the number of epochs
+    assert counts[1] == counts[3] == 2
+
+
+def test_augmented_views_are_cached_and_drawn(tiny_folder, tmp_path):
+    cache = FeatureCache(augmented_views=2)
+    _fit(tiny_folder, tmp_path, [FreezeBackbone(), cache], epochs=2)
+    (train_feats, _), (val_feats, _) = cache._memory.values()
+    assert train_feats.shape[:2] == (16, 3)  # 16 images x (eval view + 2 random views)
+    assert val_feats.ndim == 2 and len(val_feats) == 8
+    assert not torch.allclose(train_feats[:, 0], train_feats[:, 1])  # random views differ from the eval view
+
+
+def test_same_metrics_as_training_on_images(tiny_folder, tmp_path):
+    # Full-batch training on views that match the eval view (no flip, crop = whole square image,
+    # resize = crop size): cached and uncached runs take the very same gradient steps.
+    prep = {**TINY_PREPROCESSING, "resize_size": 32}
+    results = []
+    for callbacks in ([FreezeBackbone()], [FreezeBackbone(), FeatureCache()]):
+        seed_everything(0)
+        model = ImageClassifier(**{**TINY_MODEL, "preprocessing": prep})
+        dm = ImageFolderDataModule(root=str(tiny_folder), batch_size=16, num_workers=0, crop_scale=(1.0, 1.0), hflip=0.0)
+        trainer = tiny_trainer(tmp_path, max_epochs=3, callbacks=callbacks)
+        trainer.fit(model, datamodule=dm)
+        results.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        results[-1]["head"] = model.head.fc.weight.detach().clone()
+    plain, cached = results
+    assert torch.allclose(plain.pop("head"), cached.pop("head"), atol=1e-5)
+    assert plain.keys() == cached.keys() and "val/acc" in cached
+    for k in plain:
+        assert cached[k] == pytest.approx(plain[k], abs=1e-4), k
+
+
+def test_checkpoint_holds_the_whole_model_and_validates_on_images(tiny_folder, tmp_path):
+    trainer, model, dm = _fit(tiny_folder, tmp_path, [FreezeBackbone(), FeatureCache()], epochs=2,
+                              enable_checkpointing=True)
+    cached_acc = float(trainer.callback_metrics["val/acc"])
+    ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert any(k.startswith("backbone.") for k in state) and any(k.startswith("head.") for k in state)
+    # after fit the data module serves images again, and the same weights give the same accuracy
+    assert "train_dataloader" not in vars(dm) and model.input_kind == "images"
+    x, _ = next(iter(dm.val_dataloader()))
+    assert x.ndim == 4
+    metrics = tiny_trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]
+    assert metrics["val/acc"] == pytest.approx(cached_acc, abs=1e-6)
+
+
+def test_disk_cache_hits_and_rebuilds_on_files_preprocessing_weights(tiny_folder, tmp_path):
+    cache_dir = tmp_path / "features"
+
+    def status(root=tiny_folder, model_kwargs=None, seed=0):
+        cache = FeatureCache(cache_dir=str(cache_dir))
+        _fit(root, tmp_path, [FreezeBackbone(), cache], model_kwargs=model_kwargs, seed=seed)
+        return cache.last_status
+
+    assert status() == {"train": "computed", "val": "computed"}
+    assert status() == {"train": "disk", "val": "disk"}
+    # another preprocessing
+    assert status(model_kwargs={"preprocessing": {**TINY_PREPROCESSING, "mean": [0.4, 0.4, 0.4]}})["train"] == "computed"
+    # other weights: a different random init (the weights are hashed, not their origin)
+    assert status(seed=1) == {"train": "computed", "val": "computed"}
+    assert status(seed=1) == {"train": "disk", "val": "disk"}
+    # a file added to train: train rebuilds, val still hits
+    write_image(tiny_folder / "train" / "cat" / "extra.png", (200, 40, 40), seed=99)
+    assert status() == {"train": "computed", "val": "disk"}
+    # a file changed in place (new size / mtime): rebuilds
+    path = tiny_folder / "val" / "dog" / "dog_0.png"
+    write_image(path, (40, 40, 200), size=44, seed=123)
+    os.utime(path, ns=(1, 1))
+    assert status()["val"] == "computed"
+    assert len(list(cache_dir.glob("*.pt"))) == 8
+
+
+def test_cache_key_parts():
+    samples = [(__file__, 0)]
+    w, f = "a" * 64, files_digest(samples)
+    prep = {"input_size": 32}
+
+    def cache_key(weights, preprocessing, files):
+        return content_key(weights=weights, prep=preprocessing, files=files)
+
+    assert cache_key(w, prep, f) == cache_key(w, dict(prep), f)
+    assert cache_key(w, prep, f) != cache_key("b" * 64, prep, f)
+    assert cache_key(w, prep, f) != cache_key(w, {"input_size": 33}, f)
+    assert cache_key(w, prep, f) != cache_key(w, prep, files_digest([(__file__, 1)]))
+    layer = torch.nn.Conv2d(3, 4, 3)
+    before = weights_digest(layer)
+    assert weights_digest(layer.to(memory_format=torch.channels_last)) == before  # layout is not content
+    with torch.no_grad():
+        layer.weight[0, 0, 0, 0] += 1.0
+    assert weights_digest(layer) != before
+
+
+def test_refuses_a_backbone_that_trains(tiny_folder, tmp_path):
+    with pytest.raises(TLXError, match="FreezeBackbone"):
+        _fit(tiny_folder, tmp_path, [FeatureCache()])
+    with pytest.raises(TLXError, match="frozen"):
+        _fit(tiny_folder, tmp_path, [FreezeBackbone(train_bn=True), FeatureCache()])
