@@ -198,6 +198,28 @@ def tiny_trainer(tmp_path: Path, **kwargs: Any) -> Trainer:
     return Trainer(**defaults)
 
 
+def signal_once_saved(args: list[str], checkpoint: Path, signum: int, start_timeout: float = 200) -> tuple[int, str]:
+    """Run ``python -m tlx ARGS`` in a subprocess, send ``signum`` once ``checkpoint`` exists (the
+    first validation wrote it); return the exit status and stderr."""
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tlx", *args], cwd=repo, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not checkpoint.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
 def fit(tmp_path: Path, model: ImageClassifier, data, callbacks: list, epochs: int = 2, ckpt_path=None, **kwargs: Any):
     trainer = tiny_trainer(tmp_path, max_epochs=epochs, callbacks=callbacks, **kwargs)
     trainer.fit(model, data, ckpt_path=ckpt_path)

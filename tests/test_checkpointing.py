@@ -30,9 +30,9 @@ def test_partial_files_of_a_killed_writer_are_removed_and_never_look_like_last(t
     stale.write_bytes(b"half a checkpoint")
     assert "last" not in stale.name  # Lightning's own `last` search must not pick it up
     io = SafeCheckpointIO()
-    io.save_checkpoint({"w": torch.ones(2)}, tmp_path / "last.ckpt")
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
-    assert torch.equal(io.load_checkpoint(tmp_path / "last.ckpt")["w"], torch.ones(2))
+    assert torch.equal(io.load_checkpoint(tmp_path / "last.ckpt")["state_dict"]["w"], torch.ones(2))
 
 
 def test_loading_refuses_pickled_objects(tmp_path):

@@ -36,8 +36,9 @@ def test_print_config_shows_the_whole_recipe(capsys):
     assert (model["backbone"], model["head"]["class_path"]) == ("efficientnet_lite0", "tlx.heads.LinearHead")
     assert (config["checkpoint"]["monitor"], config["seed_everything"]) == ("val/acc", 42)
     assert data["root"] == "../shared/data/hymenoptera"
-    assert model["optimizer"]["class_path"] == "torch.optim.AdamW"  # defaults filled in: the whole recipe
-    assert "betas" in model["optimizer"]["init_args"]
+    # the default recipe under the data-only demo config, defaults filled in: the whole recipe
+    assert model["optimizer"]["class_path"] == "torch.optim.SGD" and "dampening" in model["optimizer"]["init_args"]
+    assert config["trainer"]["callbacks"][0]["class_path"] == "tlx.recipes.LinearProbeFinetune"
 
 
 def test_tutorial_recipe_is_expressible_in_yaml():
@@ -130,13 +131,14 @@ def test_user_errors_print_a_message_not_a_traceback(tmp_path):
 
 @pytest.mark.e2e
 def test_hymenoptera_end_to_end_with_real_weights(tmp_path):
-    """The demo's first epoch (packaged Lite0 frozen, linear head trained) on the real data:
-    test and predict from its checkpoint agree with validation."""
+    """The demo (the default recipe: linear probe, then one epoch of fine-tuning) on the real data:
+    test and predict from its best checkpoint agree with its validation accuracy."""
     root = tmp_path / "runs"
     common = ["--config", str(REPO / "configs/hymenoptera.yaml"), f"--data.init_args.root={HYMENOPTERA}",
               f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"]
     fit = run_cli(["fit", *common, "--trainer.max_epochs=1"])
-    val_acc = float(fit.trainer.callback_metrics["val/acc"])
+    # the default recipe's result: the best of fine-tuning and the linear probe (best.ckpt)
+    val_acc = float(fit.trainer.checkpoint_callback.best_model_score)
     assert val_acc >= 0.9
     test = run_cli(["test", *common, f"--ckpt_path={_ckpt(root)}"])
     assert float(test.trainer.callback_metrics["test/acc"]) == pytest.approx(val_acc)

@@ -1,4 +1,4 @@
-"""``python -m tlx {fit,validate,test,predict,lr_find,export}``: LightningCLI with tlx's defaults."""
+"""``python -m tlx {fit,validate,test,predict,lr_find,export,rank}``: LightningCLI with tlx's defaults."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 
+import yaml
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -15,16 +16,17 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tlx import resume
+from tlx import cli_checks, resume
 from tlx.callbacks import PredictionWriter
 from tlx.callbacks.finite_loss import StopOnNonFinite
-from tlx.callbacks.last_checkpoint import EXIT_CODE as PREEMPTED_EXIT_CODE
-from tlx.callbacks.last_checkpoint import LastCheckpoint
+from tlx.callbacks.last_checkpoint import LastCheckpoint, received_signal, signal_exit_code
 from tlx.callbacks.random_state import RandomState
+from tlx.checkpoint_guards import NO_SPACE_ERRNOS
 from tlx.checkpointing import SafeCheckpointIO, load_error
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 from tlx.preprocessing import fed_preprocessing
+from tlx.recipes import DEFAULT_RECIPE
 from tlx.trainer import TLXTrainer
 from tlx.speed.precision import resolve_precision
 
@@ -81,11 +83,43 @@ _SUBCOMMAND_HELP = {
 }
 
 
+def _config_files(args: list[str]) -> list[str]:
+    files = []
+    for i, a in enumerate(args):
+        if a == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif a.startswith("--config="):
+            files.append(a.partition("=")[2])
+    return files
+
+
+def with_default_recipe(args: list[str]) -> list[str]:
+    """``fit`` where neither a config nor a flag names a model runs the default recipe
+    (tlx/recipes/default.yaml): it goes in as the first ``--config``, so the given configs (data,
+    trainer fragments) and flags override it. A config with a ``model`` section, or a
+    ``--model``/``--model.class_path`` flag, is a whole experiment and is left alone."""
+    if not args or args[0] != "fit":
+        return args
+    if any(a in ("--model", "--model.class_path") or a.startswith(("--model=", "--model.class_path=")) for a in args):
+        return args
+    for file in _config_files(args):
+        try:
+            with open(file) as f:
+                names_model = "model" in (yaml.safe_load(f) or {})
+        except (OSError, yaml.YAMLError):
+            return args  # LightningCLI reports the bad file itself
+        if names_model:
+            return args
+    return [args[0], "--config", str(DEFAULT_RECIPE), *args[1:]]
+
+
 class TLXCLI(LightningCLI):
     _resume_version: int | None = None  # set by `--ckpt_path last` (tlx/resume.py)
 
     def __init__(self, *args, **kwargs):
         kwargs["parser_kwargs"] = _parser_kwargs(kwargs.get("parser_kwargs"))
+        if not args and isinstance(kwargs.get("args"), (list, tuple)):  # main() does it for sys.argv
+            kwargs["args"] = with_default_recipe(list(kwargs["args"]))
         kwargs.setdefault("model_class", ImageClassifier)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -105,6 +139,7 @@ class TLXCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "lr_find": {"model", "datamodule"},
             "export": {"model", "datamodule"},
+            "rank": {"model", "datamodule"},
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -125,15 +160,22 @@ class TLXCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters first (weights_only=True): say why it fails.
+        # They replace the command's model settings: refuse when those named another architecture.
+        sub = self.config.get("subcommand")
+        asked = cli_checks.architecture(self.config[sub].get("model")) if sub else {}
         try:
             super()._parse_ckpt_path()
         except Exception as e:
             if isinstance(e, TLXError):
                 raise
             raise load_error(self.config[self.config.subcommand].get("ckpt_path"), e) from e
+        if sub:
+            trained = cli_checks.architecture(self.config[sub].get("model"), explicit_only=False)
+            cli_checks.check_same_architecture(asked, trained, self.config[sub].get("ckpt_path"))
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        cli_checks.check_run_paths(self.subcommand, config)
         # bf16 asked for on hardware without it: fp32 instead, with a message saying why (tlx.speed).
         config.trainer.precision = resolve_precision(config.trainer.precision, str(config.trainer.accelerator))
         if config.get("ckpt_path") == resume.LAST:  # across version folders, see tlx/resume.py
@@ -142,6 +184,8 @@ class TLXCLI(LightningCLI):
             if config.ckpt_path:  # what LightningCLI does for a given path: take the checkpoint's hparams
                 self._parse_ckpt_path()
                 config = self.config[self.subcommand]
+        if self.subcommand == "rank":  # rank builds its own backbones: the model's are not needed
+            (config.model.get("init_args") or config.model)["weights"] = None
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
         if self.subcommand in ("validate", "test", "predict", "export"):
@@ -163,9 +207,14 @@ class TLXCLI(LightningCLI):
         # Built-ins the config does not already have (a second RandomState would clash as state).
         built_in = [cb for cb in (StopOnNonFinite(), RandomState()) if not any(isinstance(c, type(cb)) for c in callbacks)]
         kwargs.setdefault("callbacks", callbacks + built_in)
-        if self._resume_version is not None and config.get("logger") in (None, True):
-            kwargs.setdefault("logger", TensorBoardLogger(config.get("default_root_dir") or os.getcwd(),
-                                                          version=self._resume_version))
+        if config.get("logger") in (None, True):
+            root = config.get("default_root_dir") or os.getcwd()
+            version = self._resume_version
+            if version is None and self.subcommand == "fit" and cli_checks.is_global_rank_zero():
+                # Two fits started at once into one root: one version folder each (tlx/cli_checks.py).
+                version = cli_checks.claim_version(os.path.join(root, "lightning_logs"))
+            if version is not None:
+                kwargs.setdefault("logger", TensorBoardLogger(root, version=version))
         return super().instantiate_trainer(**kwargs)
 
 
@@ -188,19 +237,58 @@ def _tlx_error(e: BaseException | None) -> TLXError | None:
     return None
 
 
+# Options of `rank` that take several values, written the shell way: `--backbones a b c`.
+_SPACE_LISTS = ("--backbones", "--metrics")
+
+
+def _join_space_lists(args: list[str]) -> list[str]:
+    """``--backbones a b --x`` -> ``--backbones [a,b] --x`` (jsonargparse's list syntax)."""
+    out, i = [], 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] in _SPACE_LISTS:
+            j = i + 1
+            while j < len(args) and not args[j].startswith("--"):
+                j += 1
+            if j - i > 2 or (j - i == 2 and not args[i + 1].startswith("[")):
+                out.append("[" + ",".join(args[i + 1:j]) + "]")
+                i = j
+                continue
+        i += 1
+    return out
+
+
 def main(args: list[str] | None = None) -> None:
     _configure_logging()
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = _join_space_lists(sys.argv[1:])
+    else:
+        args = _join_space_lists(args)
     # Lightning's own use of a deprecated torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    if args is None:  # the default recipe, unless a config or flag names a model
+        sys.argv[1:] = with_default_recipe(sys.argv[1:])
     try:
+        cli_checks.check_config_files(sys.argv[1:] if args is None else list(args))
         TLXCLI(args=args)
     except Exception as e:
         # jsonargparse wraps errors raised while instantiating classes (an unknown backbone, say).
         cause = _tlx_error(e)
-        if cause is None:
+        if cause is not None:
+            print(f"tlx: error: {cause}", file=sys.stderr)
+            sys.exit(2)
+        if os.environ.get("TLX_TRACEBACK") == "1":
             raise
-        print(f"tlx: error: {cause}", file=sys.stderr)
-        sys.exit(2)
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:  # config.yaml, predictions.csv, logs, ...
+            print(f"tlx: error: no space left on device while writing {e.filename or 'a file'}; free space and run "
+                  "again (checkpoints already written are intact).", file=sys.stderr)
+            sys.exit(2)
+        print(cli_checks.report_unexpected(e), file=sys.stderr)  # one line; the traceback goes to a file
+        sys.exit(1)
     except SIGTERMException:
-        print("tlx: stopped by SIGTERM after saving a checkpoint; resume with --ckpt_path last.", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        name = received_signal() or "SIGTERM"
+        print(f"tlx: stopped by {name} after saving a checkpoint; resume with --ckpt_path last.", file=sys.stderr)
+        sys.exit(signal_exit_code(name))
+    except KeyboardInterrupt:
+        print("tlx: interrupted (Ctrl-C) before training started; nothing was saved.", file=sys.stderr)
+        sys.exit(130)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from tlx.data.datasets import image_files
 from tlx.data.file_list import read_file_list
+from tlx.data.folders import readable_paths
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError, TLXError
@@ -101,7 +102,7 @@ def _verification_paths(spec: str | None, datamodule: LightningDataModule | None
         paths = image_files(p) if p.is_dir() else read_file_list(spec)
         if not paths:
             raise DataError(f"verify_images {spec!r} holds no images.")
-        return paths[:n]
+        return readable_paths(paths[: 4 * n], f"verify_images {spec!r}")[:n]  # bad files skipped and named
     if datamodule is not None and getattr(datamodule, "root", None) is not None and hasattr(datamodule, "samples"):
         samples = datamodule.samples("val")
         step = max(1, len(samples) // n)  # spread over the classes (samples are sorted by class)
@@ -129,14 +130,30 @@ def export_checkpoint(
     num_verify: int = 8,
     tolerance: float = 1e-4,
     datamodule: LightningDataModule | None = None,
+    quantize: str | None = None,
+    calibration_images: int = 300,
+    calibration_seed: int = 0,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Write ``<stem>.torchscript.pt`` / ``<stem>.onnx`` and ``<stem>.json`` (class names,
-    preprocessing, verification); return that JSON's content."""
+    preprocessing, verification); return that JSON's content. ``quantize`` (``int8``, ``dynamic``,
+    ``fp16``, comma-separated) adds ``<stem>.<mode>.onnx`` files and every precision's figures
+    (see :mod:`tlx.quantization`)."""
     wanted = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown or not wanted:
         raise ExportError(f"unknown export format {unknown or formats!r}; choose from {', '.join(FORMATS)}.")
+    if quantize:
+        require("onnxruntime", "export", "Quantized export (--quantize)")
+        from tlx.quantization.pipeline import parse_modes
+
+        modes = parse_modes(quantize)
+        wanted += [] if "onnx" in wanted else ["onnx"]  # the quantized files are made from the fp32 ONNX
     _load_weights(model, ckpt_path)
+    if quantize and "int8" in modes:  # refuse before the work
+        from tlx.quantization.calibration import check_calibration_size
+
+        check_calibration_size(calibration_images, len(model.class_names))
     model = model.cpu().eval()
     ckpt = Path(ckpt_path)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
@@ -145,8 +162,8 @@ def export_checkpoint(
 
     cfg: Preprocessing = model.preprocessing
     wrapper = ExportedClassifier(model, cfg).eval()
-    if not verify_images and getattr(datamodule, "root", None) is None:
-        datamodule = _datamodule_from_checkpoint(ckpt_path)  # verify on the training run's own val images
+    if (quantize or not verify_images) and getattr(datamodule, "root", None) is None:
+        datamodule = _datamodule_from_checkpoint(ckpt_path)  # the training run's own images
     paths = _verification_paths(verify_images, datamodule, num_verify)
     to_unit = unit_range_transform(cfg)
     if paths:
@@ -180,6 +197,7 @@ def export_checkpoint(
     if "onnx" in wanted:
         onnx = require("onnx", "export", "ONNX export (--format onnx)")
         ort = require("onnxruntime", "export", "Checking the ONNX export")
+        from tlx.onnx_static_shapes import fold_static_shapes  # imports onnx: only here, an extra
 
         path = out / f"{ckpt.stem}.onnx"
         with warnings.catch_warnings(), torch.no_grad():
@@ -187,6 +205,7 @@ def export_checkpoint(
             torch.onnx.export(wrapper, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=17,
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        fold_static_shapes(path)  # "same"-padding arithmetic is constant at the fixed image size
         proto = onnx.load(str(path))
         for key, value in (("tlx", meta_json), ("class_names", json.dumps(info["class_names"])),
                            ("preprocessing", json.dumps(info["preprocessing"]))):
@@ -214,5 +233,15 @@ def export_checkpoint(
     if bad:
         raise ExportError(f"exported outputs differ from the checkpoint's by {bad} (> tolerance {tolerance}); "
                           f"see {sidecar}")
-    print(f"Exported {', '.join(outputs)} with class names and preprocessing in {sidecar}")
+    if quantize:
+        from tlx.quantization.pipeline import export_quantized
+
+        quantized = export_quantized(wrapper, model, Path(info["files"]["onnx"]), modes, datamodule, paths, to_unit,
+                                     len(info["class_names"]), calibration_images, calibration_seed, threads)
+        info["files"].update(quantized.pop("files"))
+        info.update(quantized)
+        with open(sidecar, "w") as f:
+            json.dump(info, f, indent=2)
+    print(f"Exported {', '.join([*outputs, *(modes if quantize else [])])} with class names and preprocessing in "
+          f"{sidecar}")
     return info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -46,8 +47,9 @@ def confusion_figure(matrix: Tensor, class_names: list[str]) -> Figure:
     ax = fig.add_subplot()
     m = matrix.detach().cpu().float()
     ax.imshow(m.numpy(), cmap="Blues")
-    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), labels=class_names, fontsize=8)
+    # parse_math=False: class names are data ('price_$5'), never mathtext.
+    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=8, parse_math=False)
+    ax.set_yticks(range(n), labels=class_names, fontsize=8, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 31:
@@ -60,3 +62,14 @@ def confusion_figure(matrix: Tensor, class_names: list[str]) -> Figure:
                             color="white" if m[i, j] > threshold else "black")
     fig.tight_layout()
     return fig
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured as ``correct`` of ``total`` (95% for z=1.96):
+    how far the true accuracy may lie from a small validation set's."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tlx.errors import DataError, TLXError
+from tlx.options import check_options
 
 _KEYS = ("input_size", "resize_size", "interpolation", "mean", "std")
 
@@ -78,6 +79,7 @@ def as_preprocessing(value: PreprocessingLike, option: str = "preprocessing") ->
     unknown = sorted(set(value) - set(_KEYS))
     if unknown:  # a typo in a user's option must not pass silently
         raise TLXError(f"{option}: unknown key(s) {', '.join(unknown)}; the keys are {', '.join(_KEYS)}.")
+    check_options(value, option)  # input_size 0, std 0, ...: named here, not deep inside torchvision
     return Preprocessing.from_dict(dict(value), option)
 
 

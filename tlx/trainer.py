@@ -6,7 +6,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 
 class TLXTrainer(Trainer):
-    """A :class:`~lightning.pytorch.Trainer` with ``lr_find`` and ``export`` methods, so that
+    """A :class:`~lightning.pytorch.Trainer` with ``lr_find``, ``export`` and ``rank`` methods, so that
     LightningCLI can offer them as subcommands beside fit/validate/test/predict."""
 
     def lr_find(
@@ -46,6 +46,10 @@ class TLXTrainer(Trainer):
         verify_images: str | None = None,
         num_verify: int = 8,
         tolerance: float = 1e-4,
+        quantize: str | None = None,
+        calibration_images: int = 300,
+        calibration_seed: int = 0,
+        threads: int = 1,
     ) -> dict:
         """Export a checkpoint to TorchScript and/or ONNX, with its class names and preprocessing.
 
@@ -58,9 +62,67 @@ class TLXTrainer(Trainer):
             verify_images: a folder, an image, or a text file of image paths, to compare the
                 exported models' outputs with the checkpoint's (default: the data's validation images).
             num_verify: how many images to compare on.
-            tolerance: largest allowed difference between probabilities.
+            tolerance: largest allowed difference between probabilities (fp32 files).
+            quantize: also write quantized ONNX files: ``int8`` (static, calibrated, per-channel
+                QDQ), ``dynamic``, ``fp16``; comma-separated for several. Each is compared with fp32
+                on the validation split (accuracy, agreement, latency, size) in the sidecar JSON.
+            calibration_images: how many training images calibrate int8 (seeded, class-balanced).
+            calibration_seed: the seed of that draw.
+            threads: onnxruntime threads for the timings.
         """
         from tlx.export import export_checkpoint
 
         return export_checkpoint(model, ckpt_path, format, output_dir, verify_images, num_verify, tolerance,
-                                 datamodule=datamodule)
+                                 datamodule=datamodule, quantize=quantize, calibration_images=calibration_images,
+                                 calibration_seed=calibration_seed, threads=threads)
+
+    def rank(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule,
+        backbones: list[str],
+        metrics: list[str] = ["logme", "leep", "nce", "hscore", "knn"],  # noqa: B006 (a CLI default, never mutated)
+        weights: str | None = "DEFAULT",
+        layer: str | None = None,
+        split: str = "train",
+        max_images_per_class: int | None = None,
+        batch_size: int = 32,
+        cache_dir: str | None = None,
+        output_dir: str | None = None,
+        threads: int | None = None,
+    ) -> list:
+        """Rank backbones by transferability to the data before any training (LogME, LEEP, ...).
+
+        Args:
+            model: unused (LightningCLI builds one; its backbone is not loaded for ``rank``).
+            datamodule: the target data (``--data.root``).
+            backbones: backbone specs, each with its own preprocessing; ``NAME@WEIGHTS`` pins weights
+                (``torchvision:mobilenet_v2@IMAGENET1K_V1``).
+            metrics: any of ``logme``, ``leep``, ``nce``, ``hscore``, ``knn``; the table is sorted
+                by the first.
+            weights: weights of the backbones without ``@`` (``null``: random init, a baseline).
+            layer: score this intermediate module's output (pooled) instead of the final features.
+            split: which split's labelled images to score.
+            max_images_per_class: a seeded draw of at most this many images per class.
+            batch_size: extraction batch size.
+            cache_dir: keep the extracted features here, so re-ranking skips extraction.
+            output_dir: where ``ranking.json`` and ``ranking.csv`` go (default: ``rank/`` under
+                the trainer's ``default_root_dir``).
+            threads: torch intra-op threads for the extraction (null: unchanged). On a busy
+                machine 1 can be several times faster than competing for every core.
+        """
+        import os
+
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        from tlx.transferability.ranking import rank_backbones
+
+        return rank_backbones(
+            datamodule, backbones, metrics, weights=weights, layer=layer, split=split,
+            max_images_per_class=max_images_per_class, batch_size=batch_size,
+            num_workers=int(getattr(datamodule, "hparams", {}).get("num_workers", 0)),
+            precision=str(self.precision), device=self.strategy.root_device, cache_dir=cache_dir,
+            output_dir=output_dir or os.path.join(self.default_root_dir, "rank"),
+        )

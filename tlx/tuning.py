@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
+import numpy as np
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.tuner import Tuner
 
 from tlx.errors import TLXError
 
 log = logging.getLogger("tlx")
+
+
+def suggest_lr(lrs: list[float], losses: list[float], skip_begin: int = 0) -> tuple[float | None, str]:
+    """The steepest descent of the loss *before it diverges* (its lowest point), or ``None`` and why.
+
+    Lightning takes the steepest descent over the whole curve: once the loss explodes and oscillates
+    (0.36 -> 15 -> 12 ...), a fall between two exploded values can win, suggesting a rate far past
+    divergence. Only the stretch from ``skip_begin`` to the lowest loss is considered here."""
+    lr = np.asarray(lrs, dtype=float)
+    loss = np.asarray(losses, dtype=float)
+    finite = np.isfinite(loss)
+    if not finite.any():
+        return None, "the loss was never finite"
+    lowest = int(np.nanargmin(np.where(finite, loss, np.nan)))
+    start = min(skip_begin, lowest)
+    if lowest - start < 2:
+        return None, (f"the loss did not fall over {len(loss)} batches before diverging at lr {lr[lowest]:.2g}; "
+                      "try a lower min_lr")
+    window = loss[start:lowest + 1]
+    if window[-1] >= window[0]:
+        return None, f"the loss did not fall over {len(loss)} batches"
+    i = start + int(np.argmin(np.gradient(window)))
+    return float(lr[i]), ""
 
 
 def find_lr(
@@ -33,7 +56,7 @@ def find_lr(
     Writes ``lr_find.png`` (loss versus learning rate, the suggestion marked) and ``lr_find.json``
     (the curve and the suggestion) into ``output_dir`` (default: the run's log directory) and
     returns ``{"suggestion", "plot", "results"}``. The suggestion is the point of steepest descent
-    of the loss, Lightning's heuristic: a starting point, not a guarantee.
+    of the loss before it diverges (:func:`suggest_lr`): a starting point, not a guarantee.
     """
     if mode not in ("exponential", "linear"):
         raise TLXError(f"lr_find mode {mode!r}: choose 'exponential' or 'linear'.")
@@ -56,9 +79,7 @@ def find_lr(
     out.mkdir(parents=True, exist_ok=True)
     n = len(finder.results["lr"])
     # Lightning's suggestion skips the first 10 and the last point; short runs cannot afford that.
-    suggestion = finder.suggestion(skip_begin=min(10, max(0, n // 5)), skip_end=1 if n > 3 else 0)
-    if suggestion is not None and not math.isfinite(suggestion):
-        suggestion = None
+    suggestion, why_none = suggest_lr(finder.results["lr"], finder.results["loss"], skip_begin=min(10, max(0, n // 5)))
     import matplotlib  # here, not at import: `import tlx` must not load matplotlib
 
     matplotlib.use("Agg")  # headless: Lightning's plot goes through pyplot
@@ -81,7 +102,7 @@ def find_lr(
         json.dump({"suggestion": suggestion, "min_lr": min_lr, "max_lr": max_lr, "mode": mode, **results}, f, indent=1)
     if trainer.is_global_zero:
         if suggestion is None:
-            print(f"lr_find: no suggestion (the loss did not fall over {n} batches); see {plot}")
+            print(f"lr_find: no suggestion ({why_none}); see {plot}")
         else:
             print(f"Suggested learning rate: {suggestion:.3g}  (plot: {plot}; set it as the optimizer's lr, "
                   "e.g. --model.init_args.optimizer.init_args.lr=" + f"{suggestion:.2g})")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +16,18 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 GOOD, BAD = "#1a7f37", "#cf222e"
+
+log = logging.getLogger("tlx")
+
+
+@contextlib.contextmanager
+def never_fatal(what: str) -> Iterator[None]:
+    """A figure is a side product: if drawing it fails, say so and let training go on."""
+    try:
+        yield
+    except Exception as e:  # matplotlib, fonts, TensorBoard: nothing worth losing a run for
+        first = str(e).splitlines()[0] if str(e) else ""
+        log.warning("Could not draw %s (%s: %s); training goes on without it.", what, type(e).__name__, first)
 
 
 def new_figure(**kwargs: Any) -> Figure:
@@ -53,7 +67,8 @@ def image_grid_figure(
             continue
         ax.imshow(images[i].permute(1, 2, 0).numpy())
         if titles:
-            ax.set_title(titles[i], fontsize=8, color=colors[i] if colors else "black")
+            # parse_math=False: titles are data (class names such as 'price_$5'), never mathtext.
+            ax.set_title(titles[i], fontsize=8, color=colors[i] if colors else "black", parse_math=False)
     fig.tight_layout()
     return fig
 

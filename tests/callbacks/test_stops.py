@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from lightning.pytorch import Callback
 
-from tests.helpers import REPO, run_cli, tiny_fit_args
+from tests.helpers import REPO, run_cli, signal_once_saved, tiny_fit_args
 from tlx.cli import main
 
 
@@ -21,18 +18,8 @@ def test_sigterm_saves_a_checkpoint_then_exits_and_resume_finishes(tiny_folder, 
     runs = tmp_path / "runs"
     last = runs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     args = tiny_fit_args(tiny_folder, runs, epochs=1000, extra=["--trainer.enable_model_summary=false"])
-    proc = subprocess.Popen([sys.executable, "-m", "tlx", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not last.exists():  # written after the first validation
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143
+    returncode, err = signal_once_saved(args, last, signal.SIGTERM)  # after the first validation
+    assert returncode == 143
     assert f"SIGTERM received: saved {last}; resume with --ckpt_path last." in err
     assert "tlx: stopped by SIGTERM after saving a checkpoint; resume with --ckpt_path last." in err
     saved = torch.load(last, weights_only=True)

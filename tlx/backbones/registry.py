@@ -16,6 +16,9 @@ from tlx.errors import BackboneError, close_names
 SourceFactory = Callable[..., Backbone]
 _SOURCES: dict[str, SourceFactory] = {}
 _LISTERS: dict[str, Callable[[], list[str]]] = {}
+# source -> what loads with no network: [(name, weights, ImageNet top-1 as its source states it, or None)]
+OfflineLister = Callable[[], list[tuple[str, str | None, float | None]]]
+_OFFLINE: dict[str, OfflineLister] = {}
 
 
 def register_source(name: str, list_models: Callable[[], list[str]]) -> Callable[[SourceFactory], SourceFactory]:
@@ -27,6 +30,22 @@ def register_source(name: str, list_models: Callable[[], list[str]]) -> Callable
         return factory
 
     return decorator
+
+
+def register_offline(source: str) -> Callable[[OfflineLister], OfflineLister]:
+    """Register what ``source`` can load here with no network (packaged files, local caches)."""
+
+    def decorator(lister: OfflineLister) -> OfflineLister:
+        _OFFLINE[source] = lister
+        return lister
+
+    return decorator
+
+
+def offline_backbones() -> list[tuple[str, str | None, float | None]]:
+    """``(spec, weights, top-1)`` for every backbone whose weights are on this machine."""
+    return [(f"{source}:{name}", weights, top1) for source, lister in _OFFLINE.items()
+            for name, weights, top1 in lister()]
 
 
 def split_name(spec: str) -> tuple[str, str]:

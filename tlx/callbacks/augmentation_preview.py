@@ -8,7 +8,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from tlx.callbacks.tensorboard_images import class_name, preprocessing
 from tlx.tensorboard import add_figure, tensorboard_writers
-from tlx.visuals import denormalize, image_grid_figure
+from tlx.visuals import denormalize, image_grid_figure, never_fatal
 
 
 class AugmentationPreview(Callback):
@@ -46,6 +46,7 @@ class AugmentationPreview(Callback):
                 titles.append(" + ".join(f"{class_name(pl_module, int(c))} {float(v):.2f}" for v, c in zip(w, i) if v > 0.005))
         else:
             titles = [class_name(pl_module, int(t)) for t in y]
-        fig = image_grid_figure(denormalize(x, cfg.mean, cfg.std), titles)
-        add_figure(trainer, self.tag, fig, trainer.current_epoch)
+        with never_fatal(self.tag):
+            fig = image_grid_figure(denormalize(x, cfg.mean, cfg.std), titles)
+            add_figure(trainer, self.tag, fig, trainer.current_epoch)
         self._drawn = True

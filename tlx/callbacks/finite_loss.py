@@ -1,4 +1,4 @@
-"""Stop training at the first non-finite loss or gradient, before it reaches the weights."""
+"""Stop training at the first non-finite loss, gradient or buffer, before a checkpoint holds it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from tlx.checkpoint_guards import non_finite_tensors
 from tlx.errors import TLXError
 
 
@@ -29,6 +30,12 @@ class StopOnNonFinite(Callback):
     Checked before ``backward`` (loss) and before the optimizer step (gradients), so the weights are
     never updated with NaN/inf and no checkpoint holding them is written. Gradients are not checked
     under a mixed-precision GradScaler, which skips such steps by design.
+
+    A finite loss does not make finite weights: with a huge learning rate BatchNorm's running
+    statistics (buffers, which no gradient touches) overflow while the loss stays finite. So after
+    every training batch the buffers are checked too (small: one fused reduction, one sync; weights
+    that overflow make the next loss non-finite), and the checkpoint writer refuses any non-finite
+    tensor as the last guard (tlx/checkpoint_guards.py).
     """
 
     def __init__(self, check_gradients: bool = True):
@@ -47,6 +54,17 @@ class StopOnNonFinite(Callback):
         value = float(loss.detach())
         if not math.isfinite(value):
             self._stop(trainer, "loss", value)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        bad = non_finite_tensors({"state_dict": dict(pl_module.named_buffers())})
+        if bad:
+            raise NonFiniteLossError(
+                f"{len(bad)} tensor(s) of the model became non-finite at epoch {trainer.current_epoch}, global "
+                f"step {trainer.global_step} (e.g. {', '.join(bad[:3])}), although the loss was finite: training "
+                f"stopped and no checkpoint holding them is written. {_last_good_checkpoint(trainer)} Common "
+                "fixes: a lower learning rate (model.init_args.optimizer.init_args.lr), gradient clipping "
+                "(trainer.gradient_clip_val)."
+            )
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if not self.check_gradients or getattr(trainer.precision_plugin, "scaler", None) is not None:

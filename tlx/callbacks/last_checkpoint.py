@@ -1,4 +1,4 @@
-"""Keep ``last.ckpt`` current, and save it on SIGTERM (cluster preemption) before exiting.
+"""Keep ``last.ckpt`` current, and save it on SIGTERM (cluster preemption) or Ctrl-C before exiting.
 
 Lightning 2.6's ModelCheckpoint rewrites ``last.ckpt`` only when it also saves a top-k checkpoint,
 i.e. when the monitored metric improved: after an epoch without improvement ``last.ckpt`` is an
@@ -10,6 +10,9 @@ run, and saves nothing (``OnExceptionCheckpoint`` would save on *any* error, a N
 While ``fit`` trains, this callback takes SIGTERM over: the handler only sets a flag; after the
 current training batch (or at the end of validation) ``last.ckpt`` is written, and Lightning's
 exit path is triggered; ``python -m tlx`` then exits with status 143.
+
+SIGINT (Ctrl-C) is handled the same way (exit status 130), so that the work since the last
+validation is not lost; a second Ctrl-C interrupts at once, as usual.
 """
 
 from __future__ import annotations
@@ -26,7 +29,18 @@ from tlx.compat import checkpoint_every_n_epochs, request_graceful_stop
 
 log = logging.getLogger("tlx")
 
-EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+HANDLED = (signal.SIGTERM, signal.SIGINT)
+_received: list[str] = []  # the signal that stopped this process's fit, for the CLI's last line
+
+
+def received_signal() -> str | None:
+    """``SIGTERM`` or ``SIGINT`` when a fit of this process was stopped by one, else None."""
+    return _received[-1] if _received else None
+
+
+def signal_exit_code(name: str) -> int:
+    """What a shell reports for a process ended by that signal (143 for SIGTERM, 130 for SIGINT)."""
+    return 128 + int(getattr(signal, name))
 
 
 class LastCheckpoint(Callback):
@@ -41,9 +55,10 @@ class LastCheckpoint(Callback):
     def __init__(self, every_n_train_steps: int = 0, on_sigterm: bool = True):
         self.every_n_train_steps = every_n_train_steps
         self.on_sigterm = on_sigterm
-        self.sigterm = False
+        self.sigterm = False  # a stopping signal arrived (SIGTERM or SIGINT)
+        self.signal_name: str | None = None
         self.preempted_path: str | None = None
-        self._previous_handler = None
+        self._previous_handlers: dict[int, object] = {}
         self._saved_step: int | None = None  # the optimizer step last saved by every_n_train_steps
 
     # ---- where -------------------------------------------------------------------------------
@@ -67,17 +82,22 @@ class LastCheckpoint(Callback):
     # ---- when --------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Runs after Lightning registered its own handler (Trainer._run), so ours replaces it.
+        _received.clear()
         if self.on_sigterm and threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_signal)
+            self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in HANDLED}
 
     def _on_signal(self, signum, frame) -> None:
         self.sigterm = True  # only a flag: the checkpoint is written at the next safe point
+        self.signal_name = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, self._previous_handlers.pop(signal.SIGINT, signal.default_int_handler))
 
     def _stop_if_preempted(self, trainer: Trainer) -> bool:
         if not self.sigterm or self.preempted_path is not None:
             return False
         self.preempted_path = self.save(trainer)
-        log.warning("SIGTERM received: saved %s; resume with --ckpt_path last.", self.preempted_path)
+        _received.append(self.signal_name or "SIGTERM")
+        log.warning("%s received: saved %s; resume with --ckpt_path last.", _received[-1], self.preempted_path)
         request_graceful_stop(trainer)  # Lightning's loops exit at their next check
         return True
 
@@ -108,6 +128,6 @@ class LastCheckpoint(Callback):
         return cb.check_monitor_top_k(trainer, trainer.callback_metrics.get(cb.monitor))
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from tlx.preprocessing import Preprocessing, fed_preprocessing
 from tlx.tensorboard import add_figure
+from tlx.visuals import never_fatal
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure  # drawn lazily (tlx.visuals.new_figure)
@@ -84,7 +85,8 @@ class ValidationImages(Callback):
             self._draw(trainer, pl_module)
 
     def _draw(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        fig = self.render(trainer, pl_module)
-        if fig is not None:
-            add_figure(trainer, self.tag, fig, self._collected_epoch)
+        with never_fatal(self.tag):
+            fig = self.render(trainer, pl_module)
+            if fig is not None:
+                add_figure(trainer, self.tag, fig, self._collected_epoch)
         self._drawn_epoch = self._collected_epoch

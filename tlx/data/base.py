@@ -12,6 +12,7 @@ from tlx.data.folders import Sample, drop_unreadable
 from tlx.data.sampling import eval_sampler
 from tlx.data.transforms import AutoAugment, eval_transform, train_transform
 from tlx.errors import DataError
+from tlx.options import check_options
 from tlx.preprocessing import Preprocessing, as_preprocessing, fed_preprocessing
 
 
@@ -50,6 +51,7 @@ class ImageDataModule(LightningDataModule):
         # Not in hparams: Lightning refuses model and data hparams of one name that differ, and the
         # model's hparams record the preprocessing in force (the checkpoint's single source).
         self.save_hyperparameters(ignore=["preprocessing"])
+        check_options(self.hparams, "data")  # the subclass's options too (val_split, mixup_alpha, ...)
         # None until setup adopts the model's, unless data.preprocessing overrides it.
         self.preprocessing: Preprocessing | None = as_preprocessing(preprocessing, "data.preprocessing")
 

@@ -19,7 +19,11 @@ def read_file_list(spec: str | list[str]) -> list[str]:
         else:
             if not list_file.is_file():
                 raise DataError(f"predict_files {spec!r} is neither an image nor a text file of image paths.")
-            lines = list_file.read_text().splitlines()
+            try:
+                lines = list_file.read_text().splitlines()
+            except UnicodeDecodeError:
+                raise DataError(f"predict_files {spec!r} is not a text file of image paths (it is binary: a zip "
+                                "or an image with an unknown extension?); give one path per line.") from None
             entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
             base, where = list_file.parent, str(list_file)
     else:

@@ -14,6 +14,7 @@ import numpy as np
 
 from tlx.data.images import check_image, is_image_file
 from tlx.data.shared_build import build_shared
+from tlx.data.walk import os_reason, walk_files
 from tlx.errors import DataError
 
 log = logging.getLogger("tlx")
@@ -32,8 +33,17 @@ class FolderScan:
 
 
 def visible_files(folder: Path) -> list[Path]:
-    """Files below ``folder``, sorted; hidden ones (``.DS_Store``, macOS ``._x.jpg``) skipped."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Files below ``folder``, sorted; hidden ones skipped, links followed (tlx/data/walk.py).
+    Entries that cannot be used (dangling links, loops, unreadable sub-folders) are named in a warning."""
+    walk = walk_files(folder)
+    _warn_skipped(folder, walk.skipped + walk.unreadable)
+    return walk.files
+
+
+def _warn_skipped(folder: Path, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        shown = "; ".join(f"{p} ({why})" for p, why in skipped[:3])
+        log.warning("%s: skipped %d entr(ies) that are not usable files: %s", folder, len(skipped), shown)
 
 
 def class_folders(root: Path, what: str) -> list[str]:
@@ -41,10 +51,30 @@ def class_folders(root: Path, what: str) -> list[str]:
         raise DataError(f"{what} folder {str(root)!r} does not exist: check the data root path.")
     if not root.is_dir():
         raise DataError(f"{what} path {str(root)!r} is not a folder.")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    try:
+        entries = list(os.scandir(root))
+    except OSError as e:
+        raise DataError(f"{what} folder {str(root)!r} is unreadable ({os_reason(e)}): check its permissions.") from None
+    classes, broken = [], []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        try:
+            if e.is_dir():
+                classes.append(e.name)
+        except OSError as err:  # a symlink loop at the top level
+            broken.append(f"{e.name!r} ({os_reason(err)})")
+    if broken:
+        raise DataError(f"{what} folder {str(root)!r}: entr(ies) {', '.join(broken)} cannot be read: fix or remove them.")
+    classes.sort()
     if not classes:
         raise DataError(
             f"{what} folder {str(root)!r} has no class folders: expected {root}/<class_name>/<image files>."
+        )
+    if len(classes) < 2:
+        raise DataError(
+            f"{what} folder {str(root)!r} holds one class folder ({classes[0]!r}): classification needs at "
+            "least two classes (one folder per class)."
         )
     return classes
 
@@ -55,14 +85,22 @@ def scan_class_folders(root: str | Path, what: str = "data") -> FolderScan:
     classes = class_folders(root, what)
     samples: list[Sample] = []
     not_images: list[str] = []
-    empty = []
+    empty, unreadable, skipped = [], [], []
     for label, name in enumerate(classes):
-        files = visible_files(root / name)
+        walk = walk_files(root / name)
+        unreadable += walk.unreadable
+        skipped += walk.skipped
+        files = walk.files
         images = [str(p) for p in files if is_image_file(p)]
         not_images += [str(p) for p in files if not is_image_file(p)]
-        if not images:
+        if not images and not walk.unreadable:
             empty.append(name)
         samples += [(p, label) for p in images]
+    if unreadable:
+        shown = ", ".join(f"{p!r} ({why})" for p, why in unreadable[:3])
+        raise DataError(f"{what} folder {str(root)!r}: {len(unreadable)} folder(s) unreadable: {shown}. "
+                        "Fix their permissions or remove them.")
+    _warn_skipped(root, skipped)
     if empty:
         raise DataError(
             f"{what} folder {str(root)!r}: class folder(s) {', '.join(repr(e) for e in empty)} hold no "
@@ -98,6 +136,14 @@ def drop_unreadable(samples: Sequence[Sample], what: str) -> list[Sample]:
         bad_paths = {p for p, _ in bad}
         samples = [s for s in samples if s[0] not in bad_paths]
     return list(samples)
+
+
+def readable_paths(paths: Sequence[str], what: str) -> list[str]:
+    """The files of ``paths`` that decode (the others skipped and named, as for training)."""
+    kept = [p for p, _ in drop_unreadable([(p, 0) for p in paths], what)]
+    if not kept:
+        raise DataError(f"{what}: none of the {len(paths)} file(s) is a readable image (e.g. {paths[0]}).")
+    return kept
 
 
 def files_digest(samples: Sequence[tuple[str, Any]]) -> str:

@@ -17,6 +17,7 @@ from tlx.data.folders import (
     Sample,
     check_same_classes,
     class_folders,
+    readable_paths,
     scan_class_folders,
     stratified_split,
 )
@@ -155,6 +156,8 @@ class ImageFolderDataModule(ResumableTrainData, ImageDataModule):
                     raise DataError(f"predict_dir {str(folder)!r} holds no images (.jpg, .png, ...).")
             else:
                 self.predict_paths = [p for p, _ in self.samples("test")]
+            if self.hparams.verify_images:  # a bad file is skipped and named, not a lost predict run
+                self.predict_paths = readable_paths(self.predict_paths, "predict")
 
     def train_dataset(self) -> LabelledImages:
         return self._dataset("train", self.train_transform())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from PIL import Image, ImageOps
 
 # The extensions torchvision's ImageFolder accepts. GIF is left out on purpose: in hymenoptera
 # (and many scraped sets) a .gif is a "not found" placeholder, not a photo of the class.
+log = logging.getLogger("tlx")
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -35,8 +38,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, F
 
 
+# Resizing the short side to ~224 px scales the long side by as much: a 1x12000 px strip (130 bytes
+# of PNG) becomes 224x2.7M px, gigabytes. Strips longer than this ratio are centre-cropped to it.
+MAX_ASPECT_RATIO = 20
+_cropped: set[str] = set()  # warned about once per process
+
+
+def bound_aspect(img: Image.Image, path: str | Path) -> Image.Image:
+    """Centre-crop ``img`` to at most :data:`MAX_ASPECT_RATIO`:1, with a warning naming the file."""
+    w, h = img.size
+    short = max(1, min(w, h))
+    if max(w, h) <= MAX_ASPECT_RATIO * short:
+        return img
+    if str(path) not in _cropped:
+        _cropped.add(str(path))
+        log.warning("%s is %dx%d px (more than %d:1): centre-cropped to %d:1 so that resizing it stays bounded.",
+                    path, w, h, MAX_ASPECT_RATIO, MAX_ASPECT_RATIO)
+    long = MAX_ASPECT_RATIO * short
+    if w > h:
+        left = (w - long) // 2
+        return img.crop((left, 0, left + long, h))
+    top = (h - long) // 2
+    return img.crop((0, top, w, top + long))
+
+
 def load_rgb(path: str | Path, min_short_side: int | None = None) -> Image.Image:
-    """Decode ``path`` to an upright RGB image.
+    """Decode ``path`` to an upright RGB image (extreme strips cropped: :func:`bound_aspect`).
 
     ``min_short_side`` lets JPEG decoding skip detail that resizing would throw away anyway
     (DCT scaling via ``draft``): a 2592 px photo decodes several times faster at 1/4 scale.
@@ -48,7 +75,7 @@ def load_rgb(path: str | Path, min_short_side: int | None = None) -> Image.Image
                 img.draft("RGB", (min_short_side, min_short_side))
             img = ImageOps.exif_transpose(img)
             img.load()
-            return _to_rgb(img)
+            return _to_rgb(bound_aspect(img, path))
 
 
 def check_image(path: str | Path) -> str | None:
@@ -62,6 +89,7 @@ def check_image(path: str | Path) -> str | None:
                 if img.format == "JPEG":
                     img.draft("RGB", (32, 32))  # full decode, at 1/8 scale: finds truncation cheaply
                 img.load()
+                img.getexif()  # what load_rgb's exif_transpose parses: a broken EXIF block fails here, not mid-epoch
     except Image.DecompressionBombError as e:
         return f"too large: {e} Downscale the file."
     except Exception as e:  # UnidentifiedImageError, truncated data, OS errors

@@ -19,9 +19,11 @@ from tlx.heads import HeadFactory, LinearHead
 from tlx.inference import Images, Prediction, predict
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
 from tlx.optim import ParamGroup, ParamGroupsProvider, optimizer_param_groups, scale_learning_rates
+from tlx.options import check_options
 from tlx.plain import from_plain, to_plain
 from tlx.preprocessing import fed_preprocessing, resolve_preprocessing
 from tlx.tensorboard import add_figure, tensorboard_loggers
+from tlx.visuals import never_fatal
 
 log = logging.getLogger("tlx")
 
@@ -76,6 +78,7 @@ class ImageClassifier(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_options({"label_smoothing": label_smoothing}, "model")
         for key in ("head", "optimizer", "lr_scheduler"):
             self.hparams[key] = to_plain(self.hparams.get(key))
         self.backbone = create_backbone(backbone, weights=weights, weights_path=weights_path, **(backbone_kwargs or {}))
@@ -202,8 +205,9 @@ class ImageClassifier(LightningModule):
         self.log_dict(per_class, on_epoch=True)
         if self.trainer.sanity_checking or not tensorboard_loggers(self.trainer):
             return
-        fig = confusion_figure(values["confusion"], self.class_names)
-        add_figure(self.trainer, f"{stage}/confusion_matrix", fig, self.current_epoch, close=True)
+        with never_fatal(f"{stage}/confusion_matrix"):
+            fig = confusion_figure(values["confusion"], self.class_names)
+            add_figure(self.trainer, f"{stage}/confusion_matrix", fig, self.current_epoch, close=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_details("val")

@@ -1,0 +1,102 @@
+"""fp32 vs int8 (onnxruntime static QDQ) on hymenoptera and Office-31 amazon, EfficientNet-Lite0 and
+MobileNetV2: accuracy, batch-1 latency, batch-32 throughput, file size, in one table.
+
+    TORCH_HOME=../shared/weights nice -n 10 python scripts/quantization_report.py --threads 1
+
+Each checkpoint comes from a short fine-tune through the CLI (the recipe, kept small for a CPU):
+FreezeUnfreeze - the head alone for the first epoch, then everything with the backbone at 0.1 x the
+LR - AdamW lr 0.003 with cosine decay, batch 32, ``--epochs`` epochs of at most ``--train_batches``
+batches, the weights' own preprocessing (224 px). Office-31 amazon has no split: a seeded,
+stratified 80/20 one (split_seed 42). Then ``python -m tlx export --quantize int8`` on it, which
+calibrates on 300 seeded class-balanced training images and measures every precision on the whole
+validation split; its ``best.json`` holds the figures below. Timings are medians, with
+``--threads`` onnxruntime threads; on a shared machine read them as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO / ".." / "shared").resolve()
+
+DATASETS = {"hymenoptera": SHARED / "data" / "hymenoptera", "amazon": SHARED / "data" / "office31" / "amazon"}
+BACKBONES = {"lite0": ("efficientnet_lite0", "DEFAULT"), "mobilenet_v2": ("torchvision:mobilenet_v2", "IMAGENET1K_V1")}
+TARGETS = "targets: int8 accuracy within 1.0 point of fp32; size <= 0.3x; batch-1 latency <= 0.6x fp32 ONNX"
+
+
+def tlx(args: list[str], env: dict[str, str], log: Path) -> None:
+    with open(log, "a") as f:
+        done = subprocess.run([sys.executable, "-m", "tlx", *args], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"python -m tlx {args[0]} failed (exit {done.returncode}); see {log}")
+
+
+def run(data: str, backbone: str, args, env: dict[str, str]) -> dict:
+    out = Path(args.out) / f"{data}_{backbone}"
+    ckpt = out / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt"
+    name, weights = BACKBONES[backbone]
+    common = [f"--data.init_args.root={DATASETS[data]}", "--data.init_args.num_workers=1",
+              "--trainer.enable_progress_bar=false"]
+    start = time.time()
+    if not ckpt.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        tlx(["fit", "--seed_everything=42", f"--model.init_args.backbone={name}", f"--model.init_args.weights={weights}",
+             "--model.init_args.optimizer=torch.optim.AdamW", "--model.init_args.optimizer.init_args.lr=0.003",
+             "--model.init_args.lr_scheduler=torch.optim.lr_scheduler.CosineAnnealingLR",
+             f"--model.init_args.lr_scheduler.init_args.T_max={args.epochs}",
+             "--trainer.callbacks+=tlx.finetuning.FreezeUnfreeze", "--trainer.callbacks.unfreeze_at_epoch=1",
+             f"--trainer.max_epochs={args.epochs}", f"--trainer.limit_train_batches={args.train_batches}",
+             f"--trainer.default_root_dir={out}", "--data.init_args.batch_size=32", "--data.init_args.val_split=0.2",
+             "--data.init_args.split_seed=42", *common], env, out / "log.txt")
+    fit_s = time.time() - start
+    tlx(["export", f"--ckpt_path={ckpt}", "--format=onnx", "--quantize=int8", f"--threads={args.threads}",
+         f"--calibration_images={args.calibration_images}", *common], env, out / "log.txt")
+    meta = json.loads((ckpt.parent.parent / "export" / "best.json").read_text())
+    return {"data": data, "backbone": backbone, "fit_s": fit_s, **meta}
+
+
+def row(r: dict) -> str:
+    fp32, int8 = r["precisions"]["fp32"], r["precisions"]["int8"]
+    ev = r["quantization"]["evaluation"]
+    return (f"| {r['data']} | {r['backbone']} | {ev['images']} | {fp32['accuracy']:.4f} | {int8['accuracy']:.4f} | "
+            f"{100 * (int8['accuracy'] - fp32['accuracy']):+.2f} | {int8['top1_agreement']:.2%} | "
+            f"{int8['max_abs_diff']:.3f} | {fp32['latency_batch1_ms']:.1f} / {int8['latency_batch1_ms']:.1f} "
+            f"({int8['latency_vs_fp32']:.2f}x) | {fp32['throughput_batch32_per_s']:.0f} / "
+            f"{int8['throughput_batch32_per_s']:.0f} | {fp32['size_bytes'] / 1e6:.1f} / {int8['size_bytes'] / 1e6:.1f} "
+            f"({int8['size_vs_fp32']:.2f}x) |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train_batches", type=int, default=4, help="at most this many batches per epoch")
+    parser.add_argument("--calibration_images", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    parser.add_argument("--out", default=str(REPO / "runs" / "quantization_report"),
+                        help="runs go here; an existing checkpoint is exported again, not retrained")
+    args = parser.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO),
+           "TORCH_HOME": os.environ.get("TORCH_HOME", str(SHARED / "weights"))}
+    print(f"{TARGETS}. Timings: onnxruntime, {args.threads} thread(s), medians; fp32 / int8.\n")
+    print("| data | backbone | val images | fp32 acc | int8 acc | diff (points) | top-1 agreement | max abs dp "
+          "| batch-1 ms | batch-32 img/s | size MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|---|")
+    results = []
+    for data in args.data:
+        for backbone in args.backbones:
+            results.append(run(data, backbone, args, env))
+            print(row(results[-1]), flush=True)
+    (Path(args.out) / "report.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Do tlx's transferability scores predict which backbone transfers best? Scores vs real training.
+
+For 6 target tasks built from ../shared/data (hymenoptera; Office-31 amazon; webcam; webcam
+5-shot; two seeded 10-class subsets of amazon) and 4 offline backbones (EfficientNet-Lite0/1/2,
+torchvision MobileNetV2), this script
+
+1. scores every backbone on every task's training images with ``tlx.transferability`` (the
+   same network wrapper, extraction and metrics as ``python -m tlx rank``), timing it;
+2. measures the ground truth on the task's validation images, two ways:
+   * linear probe: a multinomial logistic regression on the pooled features (full batch,
+     L-BFGS, weight decay 1e-3), the classic "frozen features" accuracy;
+   * short fine-tuning, top stage only (compute here is 2 shared cores): the last 1x1
+     convolution to 1280 channels (+ its BatchNorm affine parameters, running statistics
+     frozen) and a new linear head are trained on the cached input of that stage, AdamW
+     (lr 1e-3 head, 1e-4 stage), ``--ft_steps`` 40 steps of batch ``--ft_batch`` 16, random horizontal flips of
+     the cached maps. The same recipe for every backbone and task;
+3. prints each metric's weighted Kendall tau (scipy.stats.weightedtau, as the
+   Transfer-Learning-Library reports it) and Pearson r against both ground truths, per task and
+   averaged, and the wall time of scoring against the fine-tunings it replaces.
+
+Every (dataset, backbone) extraction is cached under ``--cache_dir`` and every task's results in
+``--out`` (JSON), so a stopped run resumes where it was. To bound the cost, amazon and webcam
+are capped per class (``--train_per_class`` 8, ``--val_per_class`` 5, seeded) and hymenoptera
+at ``--hymenoptera_per_class`` 50 per split.
+
+    PYTHONPATH=. TORCH_HOME=../shared/weights nice -n 5 python scripts/transferability_report.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy/torch load BLAS:
+    os.environ.setdefault(_var, "1")  # one thread each is the fastest on a shared 2-core machine
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from scipy.stats import pearsonr, weightedtau  # noqa: E402
+from torch import nn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tlx.backbones import Backbone  # noqa: E402
+from tlx.data.datasets import LabelledImages  # noqa: E402
+from tlx.data.folders import Sample, files_digest, scan_class_folders, stratified_split  # noqa: E402
+from tlx.data.transforms import eval_transform  # noqa: E402
+from tlx.features import extract_features  # noqa: E402
+from tlx.transferability import get_metric  # noqa: E402
+from tlx.transferability.extract import ScoringNetwork  # noqa: E402
+from tlx.transferability.ranking import build_backbones, per_class_subset  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "torchvision:mobilenet_v2@IMAGENET1K_V1"]
+METRICS = ["logme", "leep", "nce", "hscore", "knn"]
+
+
+# ---- tasks ---------------------------------------------------------------------------------------
+def dataset_splits(args) -> dict[str, tuple[list[Sample], list[Sample]]]:
+    """The three image sets extracted once per backbone: hymenoptera, webcam, amazon (capped)."""
+    hym = DATA / "hymenoptera"
+    sets = {"hymenoptera": (per_class_subset(scan_class_folders(hym / "train", "train").samples, args.hymenoptera_per_class),
+                            per_class_subset(scan_class_folders(hym / "val", "val").samples, args.hymenoptera_per_class))}
+    for domain in ("webcam", "amazon"):
+        train, val = stratified_split(scan_class_folders(DATA / "office31" / domain, domain).samples, 0.4, 0)
+        sets[domain] = (per_class_subset(train, args.train_per_class, 0), per_class_subset(val, args.val_per_class, 0))
+    return sets
+
+
+def tasks(sets) -> dict[str, tuple[str, list[int], list[int], np.ndarray | None]]:
+    """task -> (image set, train indices, val indices, label map or None) into the set's lists."""
+    out = {}
+    for name in ("hymenoptera", "amazon", "webcam"):
+        train, val = sets[name]
+        out[name] = (name, list(range(len(train))), list(range(len(val))), None)
+    train, val = sets["webcam"]
+    by_class: dict[int, list[int]] = {}
+    for i, (_, y) in enumerate(train):
+        by_class.setdefault(y, []).append(i)
+    rng = random.Random(0)
+    shot = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(5, len(idx))))
+    out["webcam-5shot"] = ("webcam", shot, list(range(len(val))), None)
+    train, val = sets["amazon"]
+    classes = sorted({y for _, y in train})
+    for seed in (1, 2):
+        chosen = sorted(random.Random(seed).sample(classes, 10))
+        remap = np.full(len(classes), -1)
+        remap[chosen] = np.arange(10)
+        out[f"amazon-10cls-s{seed}"] = ("amazon", [i for i, (_, y) in enumerate(train) if y in chosen],
+                                        [i for i, (_, y) in enumerate(val) if y in chosen], remap)
+    return out
+
+
+# ---- one pass per (image set, backbone): features, source softmax, and the top stage's input --------
+def top_stage(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
+    """(the module whose input is cached, the trainable top stage: 1x1 conv, BN, act, pool)."""
+    m = backbone.model
+    if hasattr(m, "conv_head"):  # timm EfficientNet(-Lite): conv_head -> bn2 (BN + ReLU6) -> pool
+        return m.conv_head, nn.Sequential(m.conv_head, m.bn2, m.global_pool)
+    if hasattr(m, "features"):  # torchvision MobileNetV2: features[-1] is Conv-BN-ReLU6 to 1280
+        return m.features[-1], nn.Sequential(m.features[-1], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    raise SystemExit(f"No top stage known for {backbone.name}.")
+
+
+class WithStageInput(nn.Module):
+    """ScoringNetwork's output followed by the flattened input of the top stage (one pass for all)."""
+
+    def __init__(self, scoring: ScoringNetwork, cut: nn.Module):
+        super().__init__()
+        self.scoring = scoring
+        self.maps: torch.Tensor | None = None
+        self.hook = cut.register_forward_pre_hook(lambda _m, inputs: setattr(self, "maps", inputs[0]))
+
+    def forward(self, x):
+        out = self.scoring(x)
+        self.shape = tuple(self.maps.shape[1:])
+        return torch.cat([out, self.maps.flatten(1).float()], dim=1)
+
+
+def extract(spec: str, backbone: Backbone, samples: list[Sample], cache_dir: Path):
+    scoring = ScoringNetwork(backbone)
+    cut, _ = top_stage(backbone)
+    net = WithStageInput(scoring, cut).eval()
+    cfg = backbone.preprocessing
+    with torch.inference_mode():  # the maps' shape, for splitting the cached rows
+        net(torch.zeros(1, 3, cfg.input_size, cfg.input_size))
+    shape = net.shape
+    dataset = LabelledImages(samples, eval_transform(cfg), cfg.resize_size)
+    key = {"files": files_digest(samples), "preprocessing": cfg.to_dict(), "report": 1}
+    start = time.perf_counter()
+    out, labels = extract_features(net, dataset, batch_size=32, precision="32-true", cache_dir=cache_dir, cache_key=key)
+    seconds = time.perf_counter() - start
+    net.hook.remove()  # the backbone is copied for fine-tuning later: without this hook
+    n_maps = int(np.prod(shape))
+    features, probs = scoring.split(out[:, :-n_maps])
+    maps = out[:, -n_maps:].reshape(-1, *shape)
+    return features, probs, maps, labels, seconds
+
+
+# ---- ground truth ------------------------------------------------------------------------------
+def linear_probe(train_x, train_y, val_x, val_y, classes: int) -> float:
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    xs, vs = (train_x - mean) / std, (val_x - mean) / std
+    lin = nn.Linear(xs.shape[1], classes)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=200, history_size=10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(xs), train_y) + 1e-3 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((lin(vs).argmax(1) == val_y).float().mean())
+
+
+def finetune_top(backbone: Backbone, train_maps, train_y, val_maps, val_y, classes: int, steps: int, batch: int,
+                 seed: int) -> float:
+    import copy
+
+    torch.manual_seed(seed)
+    _, stage = top_stage(copy.deepcopy(backbone))
+    head = nn.Linear(backbone.num_features, classes)
+    stage.eval()  # BN running statistics stay the pretrained ones (batches of 32 are too noisy)
+    opt = torch.optim.AdamW([{"params": stage.parameters(), "lr": 1e-4}, {"params": head.parameters(), "lr": 1e-3}],
+                            weight_decay=1e-4)
+    n = len(train_y)
+    for _ in range(steps):
+        idx = torch.randint(n, (min(batch, n),))
+        x = train_maps[idx].float()
+        flip = torch.rand(len(idx)) < 0.5
+        x[flip] = x[flip].flip(-1)
+        loss = F.cross_entropy(head(stage(x).flatten(1)), train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        preds = torch.cat([head(stage(val_maps[i:i + 64].float()).flatten(1)).argmax(1)
+                           for i in range(0, len(val_y), 64)])
+    return float((preds == val_y).float().mean())
+
+
+# ---- report ------------------------------------------------------------------------------------
+def correlations(results: dict, metric: str, truth: str) -> tuple[float, float]:
+    scores = [results[b]["scores"][metric] for b in results]
+    accs = [results[b][truth] for b in results]
+    if any(s is None for s in scores) or np.std(scores) == 0 or np.std(accs) == 0:
+        return float("nan"), float("nan")
+    return float(weightedtau(scores, accs).statistic), float(pearsonr(scores, accs).statistic)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbones", nargs="+", default=BACKBONES)
+    p.add_argument("--train_per_class", type=int, default=8)
+    p.add_argument("--val_per_class", type=int, default=5)
+    p.add_argument("--hymenoptera_per_class", type=int, default=50, help="cap per class and split (0: all)")
+    p.add_argument("--ft_steps", type=int, default=40)
+    p.add_argument("--ft_batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    p.add_argument("--cache_dir", default="runs/transferability/features")
+    p.add_argument("--out", default="runs/transferability/report.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out_path = Path(args.out)
+    report = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    sets = dataset_splits(args)
+    task_list = tasks(sets)
+    backbones = build_backbones(args.backbones)
+    for spec, backbone in backbones.items():
+        for set_name, (train_s, val_s) in sets.items():
+            todo = [t for t, v in task_list.items() if v[0] == set_name and spec not in report.get(t, {})]
+            if not todo:
+                continue
+            tr = extract(spec, backbone, train_s, Path(args.cache_dir))
+            va = extract(spec, backbone, val_s, Path(args.cache_dir))
+            for task in todo:
+                _, ti, vi, remap = task_list[task]
+                ti, vi = torch.tensor(ti), torch.tensor(vi)
+                ytr, yva = tr[3][ti], va[3][vi]
+                if remap is not None:
+                    ytr, yva = torch.as_tensor(remap)[ytr], torch.as_tensor(remap)[yva]
+                classes = int(ytr.max()) + 1
+                start = time.perf_counter()
+                scores = {}
+                for m in METRICS:
+                    metric = get_metric(m)
+                    source = tr[1][ti] if metric.needs_source_classifier else tr[0][ti]
+                    scores[m] = None if source is None and metric.needs_source_classifier else metric.score(source, ytr)
+                score_s = time.perf_counter() - start
+                # Extraction time of this task's share of the set (tasks on a subset take a share).
+                extract_s = (tr[4] * len(ti) / len(tr[3])) + (va[4] * len(vi) / len(va[3]))
+                probe = linear_probe(tr[0][ti], ytr, va[0][vi], yva, classes)
+                start = time.perf_counter()
+                ft = finetune_top(backbone, tr[2][ti], ytr, va[2][vi], yva, classes, args.ft_steps, args.ft_batch, 0)
+                ft_s = time.perf_counter() - start
+                report.setdefault(task, {})[spec] = {
+                    "scores": scores, "probe_acc": probe, "finetune_acc": ft, "train_images": len(ti),
+                    "val_images": len(vi), "rank_seconds": tr[4] * len(ti) / len(tr[3]) + score_s,
+                    "extract_seconds": extract_s, "finetune_seconds": ft_s,
+                }
+                print(f"{task:20s} {spec:40s} logme {scores['logme']:.3f} probe {probe:.3f} ft {ft:.3f} "
+                      f"(ft {ft_s:.0f} s, extract {extract_s:.0f} s)", flush=True)
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                out_path.write_text(json.dumps(report, indent=1))
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
+    complete = {t: r for t, r in report.items() if len(r) >= 2}
+    for truth in ("finetune_acc", "probe_acc"):
+        print(f"\nweighted Kendall tau / Pearson r of each metric vs {truth} ({len(next(iter(complete.values())))} backbones)")
+        print(f"{'task':20s} " + " ".join(f"{m:>15s}" for m in METRICS))
+        sums = {m: [] for m in METRICS}
+        for task, results in complete.items():
+            cells = []
+            for m in METRICS:
+                tau, r = correlations(results, m, truth)
+                sums[m].append((tau, r))
+                cells.append(f"{tau:+.2f} / {r:+.2f}".rjust(15))
+            print(f"{task:20s} " + " ".join(cells))
+        print(f"{'mean':20s} " + " ".join(
+            f"{np.nanmean([t for t, _ in sums[m]]):+.2f} / {np.nanmean([r for _, r in sums[m]]):+.2f}".rjust(15)
+            for m in METRICS))
+    print("\naccuracy per task (fine-tuned top stage / linear probe):")
+    for task, results in complete.items():
+        print(f"  {task:20s} " + "  ".join(f"{b.split(':')[-1]} {v['finetune_acc']:.3f}/{v['probe_acc']:.3f}"
+                                            for b, v in results.items()))
+    rank_s = sum(v["rank_seconds"] for r in complete.values() for v in r.values())
+    ft_s = sum(v["finetune_seconds"] + v["extract_seconds"] for r in complete.values() for v in r.values())
+    print(f"\nwall time: scoring (extraction of the training images + metrics) {rank_s:.0f} s; the top-stage "
+          f"fine-tunings it replaces {ft_s:.0f} s (their feature extraction included; full fine-tuning costs far more)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--print":
+        print_report(json.loads(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/transferability/report.json").read_text()))
+    else:
+        main()

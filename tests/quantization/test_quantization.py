@@ -1,0 +1,218 @@
+"""Quantized ONNX export on a tiny model and tiny generated images: int8 agrees with the
+checkpoint, the calibration draw is seeded and class-balanced, best.json holds every precision's
+figures, bad input gets one clear line."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from tests.helpers import COLOURS, make_imagefolder, write_image
+from tests.helpers import run_cli
+from tests.helpers import tiny_fit_args
+from tlx.errors import TLXError
+from tlx.models import ImageClassifier
+from tlx.onnx_static_shapes import fold_static_shapes
+from tlx.quantization import ImageCalibrationReader, QuantizationError, balanced_calibration_set, quantize_model
+
+CLASSES = ("cat", "dog", "fox")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quant")
+    root = make_imagefolder(tmp / "data", classes=CLASSES, n_train=6, n_val=3)
+    run_cli(tiny_fit_args(root, tmp / "runs", epochs=2, extra=["--trainer.logger=false"]))
+    return root, next((tmp / "runs").rglob("best.ckpt"))
+
+
+def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precision(tiny_ckpt, tmp_path):
+    import onnxruntime as ort
+
+    root, ckpt = tiny_ckpt
+    out = tmp_path / "export"
+    run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={out}", "--format=onnx",
+             "--quantize=int8,dynamic,fp16", "--calibration_images=6", "--calibration_seed=3"])
+    meta = json.loads((out / "best.json").read_text())
+
+    # every precision measured side by side on the 9 labelled validation images
+    assert list(meta["precisions"]) == ["fp32", "int8", "dynamic", "fp16"]
+    for name, figures in meta["precisions"].items():
+        assert figures["size_bytes"] == (out / f"best{'' if name == 'fp32' else '.' + name}.onnx").stat().st_size
+        assert 0 <= figures["accuracy"] <= 1 and figures["latency_batch1_ms"] > 0
+        assert figures["throughput_batch32_per_s"] > 0 and figures["top1_agreement"] >= 0
+    assert meta["precisions"]["fp32"]["max_abs_diff"] < 1e-4
+    assert meta["precisions"]["int8"]["size_vs_fp32"] < 0.6  # int8 weights (the tiny model's graph weighs too)
+    assert meta["quantization"]["evaluation"]["images"] == 9 and meta["quantization"]["evaluation"]["threads"] == 1
+    calibration = meta["quantization"]["calibration"]
+    assert calibration["images"] == 6 and calibration["seed"] == 3
+    assert calibration["per_class"] == {"0": 2, "1": 2, "2": 2}
+    assert all(p.startswith(str(root / "train")) for p in calibration["paths"])
+
+    # the int8 file: QDQ with int8 per-channel Conv weights; normalisation, head and softmax float
+    model = onnx.load(str(out / "best.int8.onnx"))
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    weights = {i.name: i for i in model.graph.initializer}
+    dequantized = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    # int8 weights with one scale per output channel, int32 biases
+    assert {weights[n.input[0]].data_type for n in dequantized} == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
+    assert any(len(weights[n.input[1]].dims) == 1 and weights[n.input[1]].dims[0] > 1 for n in dequantized)
+    by_type = {n.op_type: n for n in model.graph.node}
+    assert by_type["Gemm"].input[1] in weights and weights[by_type["Gemm"].input[1]].data_type == onnx.TensorProto.FLOAT
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert not {*by_type["Sub"].input, *by_type["Softmax"].input} & dq_outputs
+    assert "class_names" in {p.key for p in model.metadata_props}
+
+    # alone, on images it never saw, it agrees with the checkpoint on top-1
+    from tlx.data.transforms import eval_transform
+    from tlx.export import unit_range_transform
+
+    checkpoint = ImageClassifier.load_from_checkpoint(ckpt, weights=None).eval()
+    images = [Image.open(write_image(tmp_path / "new" / f"{c}_{i}.png", COLOURS[c], seed=100 + i)).convert("RGB")
+              for c in CLASSES for i in range(4)]
+    x = torch.stack([unit_range_transform(checkpoint.preprocessing)(im) for im in images])
+    with torch.no_grad():
+        expected = checkpoint(torch.stack([eval_transform(checkpoint.preprocessing)(im) for im in images])).softmax(-1)
+    got = ort.InferenceSession(str(out / "best.int8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert (got.argmax(1) == expected.numpy().argmax(1)).all()
+    assert np.abs(got - expected.numpy()).max() < 0.1
+
+
+def test_calibration_draw_is_seeded_and_class_balanced(tmp_path):
+    samples = [(f"a{i}.png", 0) for i in range(10)] + [(f"b{i}.png", 1) for i in range(3)] + \
+              [(f"c{i}.png", 2) for i in range(20)]
+    draw = balanced_calibration_set(samples, 9, 3, seed=0)
+    assert Counter(label for _, label in draw) == {0: 3, 1: 3, 2: 3}
+    assert draw == balanced_calibration_set(list(reversed(samples)), 9, 3, seed=0)  # order of listing irrelevant
+    assert draw != balanced_calibration_set(samples, 9, 3, seed=1)
+    # a small class gives all it has, the others share the rest evenly
+    assert Counter(label for _, label in balanced_calibration_set(samples, 13, 3, seed=0)) == {0: 5, 1: 3, 2: 5}
+    assert len(balanced_calibration_set(samples, 100, 3)) == len(samples)
+    with pytest.raises(TLXError, match="smaller than the number of classes"):
+        balanced_calibration_set(samples, 2, 3)
+
+    paths = [str(write_image(tmp_path / f"{i}.png", (10 * i, 50, 90), size=20 + i)) for i in range(5)]
+    from torchvision.transforms import v2
+
+    reader = ImageCalibrationReader(paths, v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                                                       v2.Resize((8, 8))]), "image", batch_size=2)
+    batches = list(iter(reader.get_next, None))
+    assert len(reader) == 3 and [b["image"].shape for b in batches] == [(2, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8)]
+    reader.rewind()
+    assert np.array_equal(reader.get_next()["image"], batches[0]["image"])
+
+
+def test_a_calibration_set_smaller_than_the_classes_is_refused(tiny_ckpt, tmp_path):
+    _, ckpt = tiny_ckpt
+    with pytest.raises(TLXError, match=r"--calibration_images 2 is smaller than the number of classes \(3\)"):
+        run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path}", "--quantize=int8",
+                 "--calibration_images=2"])
+    with pytest.raises(TLXError, match="unknown --quantize 'int4'"):
+        run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path}", "--quantize=int4"])
+
+
+class InputDependentConv(nn.Module):
+    """A conditional convolution: its kernel is scaled by the input, so it is not a stored tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4, 3, 3))
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight * x.mean(), padding=1)
+
+
+class Exported(nn.Module):
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        self.features, self.head = features, nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3))).softmax(-1)
+
+
+def test_a_layer_that_cannot_be_quantized_is_named(tmp_path):
+    model = Exported(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), InputDependentConv())).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.rand(2, 3, 8, 8),), str(path), dynamo=False, input_names=["image"])
+    with pytest.raises(QuantizationError, match=r"^layer features\.2 \(Conv, ONNX node /features/features\.2/Conv\) "
+                                                 r"cannot be quantized to int8: its weights are computed at run time"):
+        quantize_model(path, tmp_path / "q.onnx", "int8", calibration_reader=None)
+
+
+def test_static_same_padding_folds_into_the_convolutions(tmp_path):
+    import onnxruntime as ort
+    from timm.layers import create_conv2d
+
+    model = nn.Sequential(create_conv2d(3, 4, 3, stride=2, padding="same"), nn.ReLU6(),
+                          create_conv2d(4, 4, 3, stride=2, padding="same", depthwise=True)).eval()
+    path = tmp_path / "same.onnx"
+    torch.onnx.export(model, (torch.rand(2, 3, 15, 15),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+    assert "Pad" in {n.op_type for n in onnx.load(str(path)).graph.node}  # padding computed at run time
+    assert fold_static_shapes(path) > 0
+    assert {n.op_type for n in onnx.load(str(path)).graph.node} == {"Conv", "Clip"}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, 15, 15)
+        with torch.no_grad():
+            assert np.abs(session.run(None, {"x": x.numpy()})[0] - model(x).numpy()).max() < 1e-5
+
+
+def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_exports(tmp_path):
+    from lightning.pytorch import Callback
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.nn.utils import parametrize
+
+    from tests.helpers import TINY_MODEL
+    from tests.helpers import tiny_trainer
+    from tlx.data import ImageFolderDataModule
+    from tlx.quantization import QuantizationAwareTraining
+
+    root = make_imagefolder(tmp_path / "data", classes=CLASSES, n_train=6, n_val=3)
+    seen, weights = [], {}
+
+    def first_conv(module):
+        return next(m for m in module.backbone.modules() if isinstance(m, nn.Conv2d))
+
+    class Probe(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            weights[trainer.current_epoch] = first_conv(pl_module).weight.detach().clone()
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            conv = first_conv(pl_module)
+            w = conv.weight.detach()
+            steps = w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127)  # on the int8 grid: whole numbers
+            seen.append((trainer.current_epoch, parametrize.is_parametrized(conv),
+                         bool(torch.allclose(steps, steps.round(), atol=1e-3)), len(conv._forward_pre_hooks)))
+
+    model = ImageClassifier(**TINY_MODEL)
+    data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, preprocessing=TINY_MODEL["preprocessing"])
+    trainer = tiny_trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[
+        QuantizationAwareTraining(last_epochs=1), Probe(),
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor=None)])
+    trainer.fit(model, data)
+
+    # float in epoch 0; int8 weights and a hooked input in epoch 1, where the weights still move
+    assert {s for s in seen if s[0] == 0} == {(0, False, False, 0)}
+    assert {s for s in seen if s[0] == 1} == {(1, True, True, 1)}
+    assert not torch.equal(weights[1], first_conv(model).weight)
+    # after fit: a plain model again, and so is the checkpoint (it loads strictly into a fresh one)
+    assert not parametrize.is_parametrized(first_conv(model)) and not first_conv(model)._forward_pre_hooks
+    ckpt = tmp_path / "ckpt" / "best.ckpt"
+    fresh = ImageClassifier.load_from_checkpoint(ckpt, weights=None)
+    assert torch.equal(first_conv(fresh).weight, first_conv(model).weight)
+
+    out = tmp_path / "export"
+    run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={out}", "--format=onnx", "--quantize=int8",
+             "--calibration_images=3"])
+    meta = json.loads((out / "best.json").read_text())
+    assert set(meta["precisions"]) == {"fp32", "int8"} and meta["precisions"]["int8"]["top1_agreement"] >= 0.5

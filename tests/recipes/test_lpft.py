@@ -1,0 +1,124 @@
+"""The default recipe (tlx.recipes): step budget, LP-FT's start from the probe, the fall-back to
+the probe, and ``python -m tlx fit --data.root DIR`` with no config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from tests.helpers import TINY_MODEL, TINY_PREPROCESSING, make_imagefolder, run_cli, tiny_trainer
+from tlx.cli import with_default_recipe
+from tlx.data import ImageFolderDataModule
+from tlx.metrics import wilson_interval
+from tlx.models import ImageClassifier
+from tlx.recipes import DEFAULT_RECIPE, LinearProbeFinetune, step_budget
+from tlx.recipes.budget import epochs_for
+from tlx.recipes.lpft import bn_stats_frozen
+
+
+def test_step_budget_scales_with_the_data_between_floor_and_cap():
+    # ceil(2 * n / batch), at least 50, at most 300
+    assert step_budget(100, 32) == 50  # 7 steps by the formula: the floor
+    assert step_budget(1000, 32) == 63
+    assert step_budget(2000, 32) == 125
+    assert step_budget(2000, 64) == 63
+    assert step_budget(100_000, 32) == 300  # the cap
+    assert step_budget(1000, 32, epochs=4, min_steps=10, max_steps=1000) == 125
+    # run as whole epochs: 50 steps of 8 batches (drop_last) are 7 epochs
+    assert epochs_for(50, 256, 32) == 7 and epochs_for(50, 20, 32) == 50
+
+
+def test_bn_rule_and_interval():
+    assert bn_stats_frozen(32, 50_000) and bn_stats_frozen(128, 500) and not bn_stats_frozen(128, 50_000)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(75, 100)
+    assert (lo, hi) == (pytest.approx(0.6569, abs=1e-3), pytest.approx(0.8245, abs=1e-3))
+
+
+class HeadAtStart(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.head = {k: v.clone() for k, v in pl_module.head.state_dict().items()}
+
+
+class ShiftClassesAfterEachStep(Callback):
+    """Sabotage: the head's rows rolled by one class after every step, so fine-tuning's
+    validations are worse than the probe's."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with torch.no_grad():
+            for p in pl_module.head.parameters():
+                p.copy_(p.roll(1, dims=0))
+
+
+def _fit(tmp_path, *callbacks, lr=3e-4, max_steps=6):
+    data = make_imagefolder(tmp_path / "data", classes=("cat", "dog", "fox"), n_train=8, n_val=4)
+    model = ImageClassifier(**TINY_MODEL, optimizer=lambda p: torch.optim.AdamW(p, lr=lr))
+    dm = ImageFolderDataModule(str(data), batch_size=4, num_workers=0)
+    lpft = LinearProbeFinetune(min_steps=1, probe_epochs=30, probe_lr=0.05)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", filename="best")
+    trainer = tiny_trainer(tmp_path, max_steps=max_steps, callbacks=[lpft, ckpt, *callbacks], enable_checkpointing=True)
+    trainer.fit(model, datamodule=dm)
+    return trainer, model, lpft, ckpt
+
+
+def test_finetuning_starts_from_the_probes_head(tmp_path):
+    start = HeadAtStart()
+    trainer, model, lpft, _ = _fit(tmp_path, start)
+    assert lpft.probe_head is not None and lpft.probe_acc is not None
+    for name, value in lpft.probe_head.items():
+        assert torch.equal(start.head[name], value)
+    # the probe really trained the head (it is not the random initialisation), and ran steps after
+    assert lpft.probe_acc > 1 / 3
+    assert trainer.global_step == 6 and lpft.total_steps == 6
+    assert trainer.max_epochs == 1  # 24 images at batch 4: the 6 steps are one epoch
+
+
+def test_falls_back_to_the_probe_when_finetuning_is_worse(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="tlx"):
+        trainer, model, lpft, ckpt = _fit(tmp_path, ShiftClassesAfterEachStep())
+    assert lpft.outcome["result"] == "probe"
+    assert lpft.outcome["finetune_best_acc"] <= lpft.outcome["probe_acc"]
+    assert "did not beat the linear probe" in caplog.text and "95% CI" in caplog.text
+    # the model in memory and best.ckpt are the probe's: its head, the backbone it started from
+    for name, value in lpft.probe_head.items():
+        assert torch.equal(model.head.state_dict()[name], value)
+    saved = torch.load(ckpt.best_model_path, weights_only=True)["state_dict"]
+    for name, value in lpft.probe_head.items():
+        assert torch.equal(saved[f"head.{name}"], value)
+    assert all(torch.equal(saved[f"backbone.{k}"], v) for k, v in lpft._backbone_start.items())
+    assert float(ckpt.best_model_score) == pytest.approx(lpft.probe_acc)
+
+
+def test_the_default_recipe_only_without_a_model_config(tmp_path):
+    full = tmp_path / "full.yaml"
+    full.write_text("model:\n  class_path: tlx.models.ImageClassifier\n")
+    data_only = tmp_path / "data.yaml"
+    data_only.write_text("data:\n  init_args:\n    root: /x\n")
+    assert with_default_recipe(["fit", "--data.root", "/x"]) == ["fit", "--config", str(DEFAULT_RECIPE), "--data.root", "/x"]
+    assert with_default_recipe(["fit", "--config", str(data_only)])[2] == str(DEFAULT_RECIPE)
+    assert with_default_recipe(["fit", "--config", str(full)]) == ["fit", "--config", str(full)]
+    assert with_default_recipe(["fit", "--model.class_path=tlx.models.ImageClassifier"])[1] != "--config"
+    assert with_default_recipe(["test", "--data.root", "/x"]) == ["test", "--data.root", "/x"]
+
+
+def test_fit_with_no_config_runs_the_default_recipe(tmp_path):
+    data = make_imagefolder(tmp_path / "data", n_train=6, n_val=3)
+    cli = run_cli(["fit", "--data.root", str(data),
+                   # a tiny model and a short budget keep the test fast; nothing else is configured
+                   f"--model.init_args.backbone={TINY_MODEL['backbone']}", "--model.init_args.weights=null",
+                   f"--model.init_args.preprocessing={json.dumps(TINY_PREPROCESSING)}",
+                   "--data.init_args.num_workers=0", "--trainer.max_steps=3",
+                   f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"])
+    lpft = [c for c in cli.trainer.callbacks if isinstance(c, LinearProbeFinetune)]
+    assert len(lpft) == 1 and lpft[0].outcome["result"] in ("probe", "finetuned")
+    assert cli.trainer.global_step == 3
+    assert isinstance(cli.model.optimizers().optimizer, torch.optim.SGD)
+    scheduler = cli.trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step" and scheduler.scheduler.total_steps == 3  # the schedule spans the budget
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt"
+    assert ckpt.is_file()

@@ -1,0 +1,229 @@
+"""LP-FT, the default recipe's strategy: a linear probe first, then fine-tuning from its head.
+
+1. Linear probe (``on_fit_start``): the frozen backbone runs once over the training and
+   validation images (evaluation view), and the head is fitted on those cached features
+   (:mod:`tlx.recipes.probe`), nearly free.
+2. Fine-tuning from that head: the top ``finetune_top`` of the backbone's layer groups and the
+   head train with the model's optimizer and schedule (the default recipe: SGD, small LR,
+   :class:`tlx.optim.WarmupCosine` stepped per optimizer step, which spans the budget), for a
+   budget of optimizer steps scaled to the data (:mod:`tlx.recipes.budget`). The lower groups
+   stay frozen, which keeps a CPU step cheap and the general features intact.
+   Starting from a fitted head is what keeps the unfreeze from wrecking the features (Kumar et
+   al. 2022, "Fine-Tuning can Distort Pretrained Features"): a random head's large gradients are
+   what distorts them.
+3. BatchNorm by rule: running statistics stay frozen (the pretrained ones, which the probe was
+   fitted under) unless batches and data are large enough to re-estimate them well
+   (``per-device batch >= 64`` and ``>= 10,000`` training images).
+4. Never worse than the probe: if no validation of the fine-tuning beats the probe's validation
+   accuracy, the probe's model (pretrained backbone, probe head) is the result: it is loaded into
+   the model and written over the best checkpoint, and the run says so. Every outcome line gives
+   the number of validation images and a Wilson 95% interval, so a tiny split's noise is visible.
+
+The recipe owns the run's length: it sets the number of epochs (the step budget as whole epochs)
+and validates about ``validations`` times, the last epoch included. ``trainer.max_steps`` or
+``trainer.max_epochs``, when given, fix the budget instead of the formula.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
+
+from tlx.backbones import create_backbone
+from tlx.features import extract_features
+from tlx.finetuning.base import FinetuneStrategy, head_params
+from tlx.finetuning.groups import FinetuningError, LayerGroup, layer_groups
+from tlx.metrics import wilson_interval
+from tlx.optim import ParamGroup
+from tlx.recipes.budget import epochs_for, step_budget, steps_per_epoch
+from tlx.recipes.probe import fit_probe
+
+log = logging.getLogger("tlx")
+
+BN_FREEZE_BELOW_BATCH = 64
+BN_FREEZE_BELOW_IMAGES = 10_000
+
+
+def bn_stats_frozen(batch_size: int, n_train: int) -> bool:
+    """The BatchNorm rule: keep the pretrained statistics unless batches and data are large."""
+    return batch_size < BN_FREEZE_BELOW_BATCH or n_train < BN_FREEZE_BELOW_IMAGES
+
+
+def accuracy_line(name: str, acc: float, n: int) -> str:
+    lo, hi = wilson_interval(round(acc * n), n)
+    return f"{name} {100 * acc:.1f}% (n={n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f})"
+
+
+class LinearProbeFinetune(FinetuneStrategy):
+    """The default recipe's fine-tuning strategy (see the module docstring).
+
+    Args:
+        finetune_top: fraction of the backbone's layer groups (top first) that fine-tune.
+        epochs, min_steps, max_steps: the step budget, :func:`tlx.recipes.budget.step_budget`.
+        validations: about how many validations over the run (the last epoch always validates).
+        freeze_bn_stats: ``None``: by the rule above; ``True``/``False`` to force it.
+        probe_epochs, probe_lr, probe_weight_decay, probe_batch_size: the probe's fit.
+        extract_batch_size: batch size of the feature extraction.
+    """
+
+    def __init__(
+        self,
+        finetune_top: float = 0.34,
+        epochs: float = 2.0,
+        min_steps: int = 50,
+        max_steps: int = 300,
+        validations: int = 4,
+        freeze_bn_stats: bool | None = None,
+        probe_epochs: int = 15,
+        probe_lr: float = 3e-3,
+        probe_weight_decay: float = 0.01,
+        probe_batch_size: int = 32,
+        extract_batch_size: int = 64,
+    ):
+        super().__init__(train_bn=False, freeze_bn_stats=bool(freeze_bn_stats))
+        if not 0.0 < finetune_top <= 1.0:
+            raise FinetuningError(f"LinearProbeFinetune finetune_top must be in (0, 1], got {finetune_top}.")
+        self.finetune_top = finetune_top
+        self.budget = {"epochs": epochs, "min_steps": min_steps, "max_steps": max_steps}
+        self.validations = max(1, int(validations))
+        self.bn_rule = freeze_bn_stats is None
+        self.probe_kwargs = {"epochs": probe_epochs, "lr": probe_lr, "weight_decay": probe_weight_decay,
+                             "batch_size": probe_batch_size}
+        self.extract_batch_size = extract_batch_size
+        self.total_steps = 0
+        self.probe_head: dict[str, Tensor] | None = None
+        self.probe_acc: float | None = None
+        self.n_val = 0
+        self.finetune_best: float | None = None
+        self.outcome: dict[str, Any] = {}
+        self._backbone_start: dict[str, Tensor] | None = None
+
+    # ---- which groups train ------------------------------------------------------------------
+    def _split(self, pl_module: LightningModule) -> tuple[list[LayerGroup], list[LayerGroup]]:
+        groups = layer_groups(pl_module.backbone)
+        k = max(1, round(len(groups) * self.finetune_top))
+        return groups[-k:], groups[:-k]
+
+    def freeze_before_training(self, pl_module: LightningModule) -> None:
+        for group in self._split(pl_module)[1]:
+            self.freeze_group(group)
+
+    def groups(self, pl_module: LightningModule) -> list[ParamGroup]:
+        top = [p for g in self._split(pl_module)[0] for p in g.params]
+        return [ParamGroup("head", head_params(pl_module)), ParamGroup("backbone.top", top)]
+
+    # ---- budget, BatchNorm rule --------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._plan(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _plan(self, trainer: Trainer) -> None:
+        dm = trainer.datamodule
+        if dm is None or not all(hasattr(dm, a) for a in ("samples", "eval_dataset")):
+            raise FinetuningError("LinearProbeFinetune needs an ImageFolderDataModule (samples(), eval_dataset()).")
+        n_train = len(dm.samples("train"))
+        batch = int(dm.hparams.get("batch_size", 32))
+        if self.bn_rule:
+            self.freezer.freeze_bn_stats = bn_stats_frozen(batch, n_train)
+        global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
+        user_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        # Lightning's own default (no max_epochs, no max_steps) is 1000 epochs: anything else was asked for
+        user_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1, 1000) else None
+        steps = user_steps or step_budget(n_train, global_batch, **self.budget)
+        epochs = user_epochs or epochs_for(steps, n_train, global_batch)
+        every = math.ceil(epochs / self.validations)
+        if not user_epochs:
+            epochs = math.ceil(epochs / every) * every  # the last epoch validates
+        trainer.fit_loop.max_epochs = epochs
+        trainer.check_val_every_n_epoch = every
+        self.total_steps = min(epochs * steps_per_epoch(n_train, global_batch), user_steps or 10**9)
+        if trainer.is_global_zero:
+            log.info("LinearProbeFinetune: %d training images, batch %d: %d optimizer steps (%d epochs, validation "
+                     "every %d epoch(s)); BatchNorm statistics %s.", n_train, global_batch, self.total_steps,
+                     epochs, every, "frozen" if self.freeze_bn_stats else "updated in the fine-tuned layers")
+
+    # ---- phase 1: the linear probe -----------------------------------------------------------
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self.probe_head is None:  # a resumed run restored it (state_dict), and rebuilds the start if needed
+            self._backbone_start = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
+            self._fit_probe(trainer, pl_module)
+        self.finetune_best = None
+
+    def _fit_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        dm = trainer.datamodule
+        workers = int(dm.hparams.get("num_workers", 0))
+
+        def features(split: str) -> tuple[Tensor, Tensor]:
+            feats, labels = extract_features(pl_module.backbone, dm.eval_dataset(split), batch_size=self.extract_batch_size,
+                                             num_workers=workers, precision=str(trainer.precision))
+            return feats.to(pl_module.device), labels.to(pl_module.device)
+
+        train, val = features("train"), features("val")
+        result = fit_probe(pl_module.head, train, val, seed=torch.initial_seed() % 2**31, **self.probe_kwargs)
+        self.probe_head = {k: v.detach().clone() for k, v in result.head_state.items()}
+        self.probe_acc, self.n_val = result.val_acc, result.val_total
+        if trainer.is_global_zero:
+            log.info("LinearProbeFinetune: %s, epoch %d of the probe; fine-tuning starts from its head.",
+                     accuracy_line("linear probe val acc", self.probe_acc, self.n_val), result.best_epoch)
+
+    # ---- phase 2: fine-tuning, with the model's optimizer and schedule -----------------------
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        acc = trainer.callback_metrics.get("val/acc")
+        if trainer.sanity_checking or acc is None:
+            return
+        if self.finetune_best is None or float(acc) > self.finetune_best:
+            self.finetune_best = float(acc)
+
+    # ---- the result: fine-tuned, or the probe ------------------------------------------------
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
+        if self.probe_acc is None:
+            return
+        won = self.finetune_best is not None and self.finetune_best > self.probe_acc
+        self.outcome = {"probe_acc": self.probe_acc, "finetune_best_acc": self.finetune_best, "n_val": self.n_val,
+                        "result": "finetuned" if won else "probe", "steps": self.total_steps}
+        probe_line = accuracy_line("the linear probe's", self.probe_acc, self.n_val)
+        if won:
+            msg = f"LinearProbeFinetune: fine-tuning's best {accuracy_line('val acc', self.finetune_best, self.n_val)} beat {probe_line}: the result is the fine-tuned model (best.ckpt)."
+        else:
+            self._restore_probe(trainer, pl_module)
+            tuned = "no validation" if self.finetune_best is None else f"{100 * self.finetune_best:.1f}%"
+            msg = (f"LinearProbeFinetune: fine-tuning ({tuned}) did not beat {probe_line}: the result is the probe's "
+                   "model (pretrained backbone + probe head), written over best.ckpt.")
+        if self.n_val < 300:
+            lo, hi = wilson_interval(round(self.probe_acc * self.n_val), self.n_val)
+            msg += f" A small validation set: differences within +-{50 * (hi - lo):.1f} points are noise."
+        if trainer.is_global_zero:
+            log.info(msg)
+
+    def _restore_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        start = self._backbone_start or self._pretrained_state(pl_module)
+        pl_module.backbone.load_state_dict(start)
+        pl_module.head.load_state_dict(self.probe_head)
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path:
+            trainer.save_checkpoint(ckpt.best_model_path)
+            ckpt.best_model_score = torch.tensor(self.probe_acc)
+
+    @staticmethod
+    def _pretrained_state(pl_module: LightningModule) -> dict[str, Tensor]:
+        hp = pl_module.hparams
+        fresh = create_backbone(hp.backbone, weights=hp.weights, weights_path=hp.weights_path, **(hp.backbone_kwargs or {}))
+        return fresh.state_dict()
+
+    # ---- resuming ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "probe_head": self.probe_head, "probe_acc": self.probe_acc, "n_val": self.n_val}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.probe_head, self.probe_acc = state_dict.get("probe_head"), state_dict.get("probe_acc")
+        self.n_val = state_dict.get("n_val", 0)
