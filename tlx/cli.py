@@ -79,7 +79,8 @@ _SUBCOMMAND_HELP = {
     "test": "evaluate a checkpoint (--ckpt_path) on the test split (the validation split without one).",
     "predict": "class probabilities for --data.predict_dir or --data.predict_files, to predictions.csv.",
     "lr_find": "learning-rate range test: loss versus learning rate, and a suggested rate.",
-    "export": "a checkpoint to TorchScript and/or ONNX, verified with onnxruntime.",
+    "export": "a checkpoint to TorchScript and/or ONNX (--quantize int8|dynamic|fp16), verified with onnxruntime.",
+    "rank": "rank pretrained backbones for a data set before training (LogME, LEEP, NCE, H-score, kNN).",
 }
 
 
