@@ -1,4 +1,4 @@
-"""``python -m tlx {fit,validate,test,predict,lr_find,export,rank}``: LightningCLI with tlx's defaults."""
+"""``python -m tlx {fit,validate,test,predict,lr_find,export,rank,fuse}``: LightningCLI with tlx's defaults."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tlx.callbacks.finite_loss import StopOnNonFinite
 from tlx.callbacks.last_checkpoint import LastCheckpoint, received_signal, signal_exit_code
 from tlx.callbacks.random_state import RandomState
 from tlx.checkpoint_guards import NO_SPACE_ERRNOS
-from tlx.checkpointing import SafeCheckpointIO, load_error
+from tlx.checkpointing import SafeCheckpointIO, load_error, safe_torch_load
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 from tlx.preprocessing import fed_preprocessing
@@ -114,6 +114,41 @@ def with_default_recipe(args: list[str]) -> list[str]:
     return [args[0], "--config", str(DEFAULT_RECIPE), *args[1:]]
 
 
+# Options that take several values, written the shell way: `--backbones a b c`, `--ckpt_paths a.ckpt b.ckpt`
+# (jsonargparse wants one list value).
+LIST_OPTIONS = ("--backbones", "--metrics", "--ckpt_paths", "--alphas")
+NUMBER_LISTS = ("--alphas",)
+
+
+def gather_list_options(args: list[str], options: tuple[str, ...] = LIST_OPTIONS) -> list[str]:
+    """``--opt a b c`` -> ``--opt=["a", "b", "c"]`` for ``options``; a value already written as a
+    list (``--opt [a,b]``) and all other arguments unchanged."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] in options:
+            j = i + 1
+            while j < len(args) and not args[j].startswith("--"):
+                j += 1
+            values = args[i + 1:j]
+            if len(values) == 1 and values[0].startswith("["):
+                out += args[i:j]
+            else:
+                numbers = args[i] in NUMBER_LISTS
+                out.append(f"{args[i]}={json.dumps([_number(v) if numbers else v for v in values])}")
+            i = j
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
+def _number(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value  # jsonargparse names it in its error
+
+
 class TLXCLI(LightningCLI):
     _resume_version: int | None = None  # set by `--ckpt_path last` (tlx/resume.py)
 
@@ -141,6 +176,7 @@ class TLXCLI(LightningCLI):
             "lr_find": {"model", "datamodule"},
             "export": {"model", "datamodule"},
             "rank": {"model", "datamodule"},
+            "fuse": {"model", "datamodule"},
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -159,6 +195,11 @@ class TLXCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        if args is None or isinstance(args, (list, tuple)):
+            args = gather_list_options(list(sys.argv[1:] if args is None else args))
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters first (weights_only=True): say why it fails.
         # They replace the command's model settings: refuse when those named another architecture.
@@ -174,6 +215,14 @@ class TLXCLI(LightningCLI):
             trained = cli_checks.architecture(self.config[sub].get("model"), explicit_only=False)
             cli_checks.check_same_architecture(asked, trained, self.config[sub].get("ckpt_path"))
 
+    def _model_from_checkpoint(self, path: str) -> None:
+        """The model config from a checkpoint's hyperparameters, as LightningCLI does for ``ckpt_path``."""
+        hparams = dict(safe_torch_load(path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({self.subcommand: {"model": hparams}}, self.config)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         cli_checks.check_run_paths(self.subcommand, config)
@@ -187,14 +236,18 @@ class TLXCLI(LightningCLI):
                 config = self.config[self.subcommand]
         if self.subcommand == "rank":  # rank builds its own backbones: the model's are not needed
             (config.model.get("init_args") or config.model)["weights"] = None
+        if self.subcommand == "fuse" and config.get("ckpt_paths"):  # the network the checkpoints fit
+            self._model_from_checkpoint(config.ckpt_paths[0])
+            config = self.config[self.subcommand]
         # Evaluating or predicting from a checkpoint: its own weights replace the pretrained
         # ones, so do not fetch those (they may not be available on this machine).
-        if self.subcommand in ("validate", "test", "predict", "export"):
+        if self.subcommand in ("validate", "test", "predict", "export", "fuse"):
             config = self.config[self.subcommand]
-            if config.get("ckpt_path") and os.path.isfile(config.ckpt_path):
+            if (config.get("ckpt_path") and os.path.isfile(config.ckpt_path)) or config.get("ckpt_paths"):
                 init_args = config.model.get("init_args") or config.model
-                init_args["weights"] = None
-                init_args["weights_path"] = None
+                for key in ("weights", "weights_path"):
+                    if key in init_args:  # not every model has them (an ensemble holds its members)
+                        init_args[key] = None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         # "Nothing lost": atomic, weights_only checkpoint IO; non-finite losses stop; RNG resumes.
@@ -238,33 +291,8 @@ def _tlx_error(e: BaseException | None) -> TLXError | None:
     return None
 
 
-# Options of `rank` that take several values, written the shell way: `--backbones a b c`.
-_SPACE_LISTS = ("--backbones", "--metrics")
-
-
-def _join_space_lists(args: list[str]) -> list[str]:
-    """``--backbones a b --x`` -> ``--backbones [a,b] --x`` (jsonargparse's list syntax)."""
-    out, i = [], 0
-    while i < len(args):
-        out.append(args[i])
-        if args[i] in _SPACE_LISTS:
-            j = i + 1
-            while j < len(args) and not args[j].startswith("--"):
-                j += 1
-            if j - i > 2 or (j - i == 2 and not args[i + 1].startswith("[")):
-                out.append("[" + ",".join(args[i + 1:j]) + "]")
-                i = j
-                continue
-        i += 1
-    return out
-
-
 def main(args: list[str] | None = None) -> None:
     _configure_logging()
-    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
-        sys.argv[1:] = _join_space_lists(sys.argv[1:])
-    else:
-        args = _join_space_lists(args)
     # Lightning's own use of a deprecated torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec.*")
     if args is None:  # the default recipe, unless a config or flag names a model

@@ -6,7 +6,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 
 class TLXTrainer(Trainer):
-    """A :class:`~lightning.pytorch.Trainer` with ``lr_find``, ``export`` and ``rank`` methods, so that
+    """A :class:`~lightning.pytorch.Trainer` with ``lr_find``, ``export``, ``rank`` and ``fuse`` methods, so that
     LightningCLI can offer them as subcommands beside fit/validate/test/predict."""
 
     def lr_find(
@@ -126,3 +126,33 @@ class TLXTrainer(Trainer):
             precision=str(self.precision), device=self.strategy.root_device, cache_dir=cache_dir,
             output_dir=output_dir or os.path.join(self.default_root_dir, "rank"),
         )
+
+    def fuse(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        ckpt_paths: list[str] | None = None,
+        method: str = "greedy_soup",
+        alphas: list[float] | None = None,
+        bn_recalibration_batches: int = 20,
+        output_dir: str | None = None,
+    ) -> dict:
+        """Fuse checkpoints of one architecture: model soups, WiSE-FT, or a logit ensemble.
+
+        Args:
+            model: the network the checkpoints fit (built from the first checkpoint's hyperparameters).
+            datamodule: the data: choices are made on its validation split, BatchNorm statistics
+                re-estimated on its training split; a test split of its own is reported too.
+            ckpt_paths: the checkpoints (for ``wise_ft``: the linear probe, then the fine-tuned model).
+            method: ``uniform_soup``, ``greedy_soup``, ``ensemble`` or ``wise_ft``.
+            alphas: WiSE-FT's interpolation weights to try, in [0, 1] (default 0, 0.1, ..., 1).
+            bn_recalibration_batches: training batches to re-estimate BatchNorm statistics on
+                after averaging weights (0: keep the averaged statistics).
+            output_dir: where ``fused.ckpt`` and ``fusion.json`` go (default ``<default_root_dir>/fused``).
+        """
+        import os
+
+        from tlx.fusion.fuse import fuse
+
+        return fuse(ckpt_paths or [], method, datamodule, alphas, bn_recalibration_batches,
+                    output_dir or os.path.join(self.default_root_dir, "fused"), self.strategy.root_device, model=model)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.helpers import make_imagefolder
-from tlx.cli import _join_space_lists, main
+from tlx.cli import gather_list_options, main
 from tlx.transferability.hscore import hscore
 from tlx.transferability.knn import knn
 from tlx.transferability.leep import leep
@@ -123,9 +123,10 @@ def test_scores_of_bf16_and_fp32_features_agree_to_three_digits():
 
 
 def test_space_separated_lists_become_jsonargparse_lists():
-    assert _join_space_lists(["rank", "--backbones", "a", "b", "--metrics", "logme", "--layer", "x"]) == [
-        "rank", "--backbones", "[a,b]", "--metrics", "[logme]", "--layer", "x"]
-    assert _join_space_lists(["rank", "--backbones", "[a,b]"]) == ["rank", "--backbones", "[a,b]"]
+    assert gather_list_options(["rank", "--backbones", "a", "b", "--metrics", "logme", "--layer", "x"]) == [
+        "rank", '--backbones=["a", "b"]', '--metrics=["logme"]', "--layer", "x"]
+    assert gather_list_options(["rank", "--backbones", "[a,b]"]) == ["rank", "--backbones", "[a,b]"]
+    assert gather_list_options(["fuse", "--alphas", "0", "0.5", "1"]) == ["fuse", "--alphas=[0.0, 0.5, 1.0]"]
 
 
 def _rank(tmp_path: Path, *extra: str) -> None:
