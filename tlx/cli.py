@@ -80,6 +80,7 @@ _SUBCOMMAND_HELP = {
     "predict": "class probabilities for --data.predict_dir or --data.predict_files, to predictions.csv.",
     "lr_find": "learning-rate range test: loss versus learning rate, and a suggested rate.",
     "export": "a checkpoint to TorchScript and/or ONNX (--quantize int8|dynamic|fp16), verified with onnxruntime.",
+    "fuse": "combine fine-tuned checkpoints: weight soups, WiSE-FT, ensembles.",
     "rank": "rank pretrained backbones for a data set before training (LogME, LEEP, NCE, H-score, kNN).",
 }
 
