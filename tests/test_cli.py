@@ -178,3 +178,17 @@ def test_built_in_safety_callbacks_are_not_doubled(tiny_folder, tmp_path):
     stops = [cb for cb in cli.trainer.callbacks if isinstance(cb, StopOnNonFinite)]
     assert len(stops) == 1 and stops[0].check_gradients is False
     assert sum(isinstance(cb, RandomState) for cb in cli.trainer.callbacks) == 1
+
+
+def test_fit_help_says_what_tlx_is_and_where_the_data_options_are(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert out.startswith("usage: tlx [options] fit")
+    assert "tlx: transfer learning for images on PyTorch Lightning" in out
+    assert "tlx fit --data.help ImageFolderDataModule" in out
+    assert "Lightning Trainer command line tool" not in out
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--data.help", "ImageFolderDataModule"])
+    assert "--data.root ROOT" in capsys.readouterr().out

@@ -1,7 +1,12 @@
-"""tlx: transfer learning for images, on PyTorch Lightning."""
+"""tlx: transfer learning for images, on PyTorch Lightning.
+
+Python API: build :class:`ImageClassifier` and :class:`ImageFolderDataModule`, fit them with a
+Lightning ``Trainer``; ``model = tlx.load("best.ckpt")``; ``model.predict(images)``.
+"""
 
 from tlx.data import ImageFolderDataModule
-from tlx.models import ImageClassifier
+from tlx.inference import Prediction
+from tlx.models import ImageClassifier, load
 
 __version__ = "0.1.0"
-__all__ = ["ImageClassifier", "ImageFolderDataModule", "__version__"]
+__all__ = ["ImageClassifier", "ImageFolderDataModule", "Prediction", "load", "__version__"]

@@ -53,6 +53,38 @@ class SaveRunInfo(SaveConfigCallback):
             json.dump(info, f, indent=2)
 
 
+DESCRIPTION = (
+    "tlx: transfer learning for images on PyTorch Lightning. Fine-tune a pretrained backbone on "
+    "class folders: `tlx fit --config configs/hymenoptera.yaml`. The data options are listed by "
+    "`tlx fit --data.help ImageFolderDataModule`, the model's by `tlx fit --model.help ImageClassifier`."
+)
+
+
+def _parser_kwargs(given: dict | None) -> dict:
+    """Say what tlx is on every ``--help`` (LightningCLI's default is "Lightning Trainer command line
+    tool", and a subcommand's is the Trainer method's docstring, which shows no data options)."""
+    kwargs = dict(given or {})
+    kwargs.setdefault("description", DESCRIPTION)
+    kwargs.setdefault("prog", "tlx")  # the console script; `python -m tlx` is the same
+    for subcommand in TLXCLI.subcommands():
+        sub = dict(kwargs.get(subcommand) or {})
+        sub.setdefault("description", f"tlx {subcommand}: {_SUBCOMMAND_HELP.get(subcommand, '')} {DESCRIPTION}")
+        kwargs[subcommand] = sub
+    return kwargs
+
+
+_SUBCOMMAND_HELP = {
+    "fit": "train a classifier (the best and last checkpoints go to lightning_logs/version_N/checkpoints).",
+    "validate": "evaluate a checkpoint (--ckpt_path) on the validation split.",
+    "test": "evaluate a checkpoint (--ckpt_path) on the test split (the validation split without one).",
+    "predict": "class probabilities for --data.predict_dir or --data.predict_files, to predictions.csv.",
+    "lr_find": "learning-rate range test: loss versus learning rate, and a suggested rate.",
+    "export": "a checkpoint to TorchScript and/or ONNX (--quantize int8|dynamic|fp16), verified with onnxruntime.",
+    "fuse": "combine fine-tuned checkpoints: weight soups, WiSE-FT, ensembles.",
+    "rank": "rank pretrained backbones for a data set before training (LogME, LEEP, NCE, H-score, kNN).",
+}
+
+
 def _config_files(args: list[str]) -> list[str]:
     files = []
     for i, a in enumerate(args):
@@ -122,6 +154,7 @@ class TLXCLI(LightningCLI):
     _resume_version: int | None = None  # set by `--ckpt_path last` (tlx/resume.py)
 
     def __init__(self, *args, **kwargs):
+        kwargs["parser_kwargs"] = _parser_kwargs(kwargs.get("parser_kwargs"))
         if not args and isinstance(kwargs.get("args"), (list, tuple)):  # main() does it for sys.argv
             kwargs["args"] = with_default_recipe(list(kwargs["args"]))
         kwargs.setdefault("model_class", ImageClassifier)

@@ -28,7 +28,7 @@ from tlx.data.folders import readable_paths
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError, TLXError
-from tlx.onnx_static_shapes import fold_static_shapes
+from tlx.optional import require
 from tlx.preprocessing import Preprocessing
 
 log = logging.getLogger("tlx")
@@ -144,6 +144,7 @@ def export_checkpoint(
     if unknown or not wanted:
         raise ExportError(f"unknown export format {unknown or formats!r}; choose from {', '.join(FORMATS)}.")
     if quantize:
+        require("onnxruntime", "export", "Quantized export (--quantize)")
         from tlx.quantization.pipeline import parse_modes
 
         modes = parse_modes(quantize)
@@ -194,8 +195,9 @@ def export_checkpoint(
         info["files"]["torchscript"] = str(path)
 
     if "onnx" in wanted:
-        import onnx
-        import onnxruntime as ort
+        onnx = require("onnx", "export", "ONNX export (--format onnx)")
+        ort = require("onnxruntime", "export", "Checking the ONNX export")
+        from tlx.onnx_static_shapes import fold_static_shapes  # imports onnx: only here, an extra
 
         path = out / f"{ckpt.stem}.onnx"
         with warnings.catch_warnings(), torch.no_grad():

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are only ever written to files and TensorBoard
-
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchmetrics import MetricCollection  # noqa: E402
-from torchmetrics.classification import (  # noqa: E402
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
+
+from tlx.visuals import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def scalar_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -42,7 +43,7 @@ def confusion_figure(matrix: Tensor, class_names: list[str]) -> Figure:
     """The confusion matrix with class names on both axes (rows: true, columns: predicted)."""
     n = len(class_names)
     size = min(max(4.0, 0.35 * n + 2.0), 20.0)
-    fig = Figure(figsize=(size, size), dpi=100)
+    fig = new_figure(figsize=(size, size), dpi=100)
     ax = fig.add_subplot()
     m = matrix.detach().cpu().float()
     ax.imshow(m.numpy(), cmap="Blues")

@@ -22,7 +22,10 @@ def import_dotted(path: str, what: str = "hyperparameters") -> Any:
 
 
 def to_plain(value: Any) -> Any:
-    """A class or function as its dotted name; anything else unchanged."""
+    """A class or function as its dotted name, ``functools.partial(cls, **kwargs)`` (the Python API's
+    way to give an optimizer or head its arguments) as ``class_path``/``init_args``; anything else unchanged."""
+    if isinstance(value, functools.partial) and not value.args and to_plain(value.func) != value.func:
+        return {"class_path": to_plain(value.func), "init_args": dict(value.keywords)}
     if inspect.isclass(value) or inspect.isfunction(value):
         return f"{value.__module__}.{value.__qualname__}"
     return value

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure  # drawn lazily (tlx.visuals.new_figure)
 
 
 def tensorboard_loggers(trainer: Trainer) -> list[TensorBoardLogger]:

@@ -7,15 +7,11 @@ import logging
 import os
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.tuner import Tuner
 
-matplotlib.use("Agg")  # headless
-
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer  # noqa: E402
-from lightning.pytorch.tuner import Tuner  # noqa: E402
-
-from tlx.errors import TLXError  # noqa: E402
+from tlx.errors import TLXError
 
 log = logging.getLogger("tlx")
 
@@ -84,6 +80,9 @@ def find_lr(
     n = len(finder.results["lr"])
     # Lightning's suggestion skips the first 10 and the last point; short runs cannot afford that.
     suggestion, why_none = suggest_lr(finder.results["lr"], finder.results["loss"], skip_begin=min(10, max(0, n // 5)))
+    import matplotlib  # here, not at import: `import tlx` must not load matplotlib
+
+    matplotlib.use("Agg")  # headless: Lightning's plot goes through pyplot
     fig = finder.plot(suggest=False)  # its own marker would re-run suggestion() with other skips
     if suggestion is not None:
         lrs, losses = finder.results["lr"], finder.results["loss"]

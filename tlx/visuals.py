@@ -6,15 +6,14 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")  # headless: figures are only ever written to files and TensorBoard
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GOOD, BAD = "#1a7f37", "#cf222e"
 
@@ -29,6 +28,15 @@ def never_fatal(what: str) -> Iterator[None]:
     except Exception as e:  # matplotlib, fonts, TensorBoard: nothing worth losing a run for
         first = str(e).splitlines()[0] if str(e) else ""
         log.warning("Could not draw %s (%s: %s); training goes on without it.", what, type(e).__name__, first)
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib ``Figure`` (imported here, when a figure is first drawn, so that ``import tlx``,
+    ``tlx.load`` and ``predict`` do not load matplotlib). A bare Figure needs no pyplot backend:
+    :func:`figure_to_array` renders it with Agg, headless."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -51,7 +59,7 @@ def image_grid_figure(
     ncols = ncols or max(1, math.ceil(math.sqrt(n)))
     nrows = max(1, math.ceil(n / ncols))
     title_lines = max((t.count("\n") + 1 for t in titles), default=0) if titles else 0
-    fig = Figure(figsize=(ncols * cell_inches, nrows * (cell_inches + 0.18 * title_lines)), dpi=100)
+    fig = new_figure(figsize=(ncols * cell_inches, nrows * (cell_inches + 0.18 * title_lines)), dpi=100)
     for i in range(nrows * ncols):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.axis("off")

@@ -93,6 +93,27 @@ def test_timm_model_by_name_with_its_data_config():
     assert backbone.preprocessing.resize_size == int(160 / 0.95)
 
 
+def test_timm_name_with_a_pretrained_tag(monkeypatch):
+    backbone = create_backbone("timm:test_efficientnet.r160_in1k", weights=None)
+    assert backbone.name == "timm:test_efficientnet.r160_in1k" and backbone.preprocessing.input_size == 160
+    calls = []
+    real_create = timm.create_model
+
+    def fake_create(name, pretrained=False, **kwargs):  # no network: record what would be fetched
+        calls.append((name, pretrained))
+        return real_create("test_resnet", pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    create_backbone("timm:convnext_tiny.fb_in22k")
+    create_backbone("timm:convnext_tiny", weights="fb_in22k")
+    assert calls == [("convnext_tiny.fb_in22k", True), ("convnext_tiny.fb_in22k", True)]
+    with pytest.raises(BackboneError, match="names the pretrained tag 'fb_in22k' but weights is 'fb_in1k'"):
+        create_backbone("timm:convnext_tiny.fb_in22k", weights="fb_in1k")
+    # python -m tlx.backbones 'timm:convnext_tiny.*' lists the tags
+    assert "timm:convnext_tiny.fb_in22k" in list_backbones("timm:convnext_tiny.*")
+    assert "timm:convnext_tiny" in list_backbones("timm:convnext_tiny*")
+
+
 def test_timm_offline_pretrained_gives_a_clear_error(monkeypatch):
     from huggingface_hub.errors import LocalEntryNotFoundError
 

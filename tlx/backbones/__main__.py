@@ -1,4 +1,5 @@
-"""``python -m tlx.backbones [PATTERN]`` lists the backbones tlx can build;
+"""``python -m tlx.backbones [PATTERN]`` lists the backbones tlx can build (timm: architectures and
+their pretrained tags, ``'timm:convnext_tiny.*'``);
 ``python -m tlx.backbones --available [--no-speed]`` those that load here with no network."""
 
 import argparse

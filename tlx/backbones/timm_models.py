@@ -9,6 +9,7 @@ from typing import Any
 
 import timm
 from timm.data import resolve_model_data_config
+from timm.models import split_model_name_tag
 
 from tlx.backbones.base import Backbone
 from tlx.preprocessing import Preprocessing
@@ -19,7 +20,20 @@ from tlx.errors import BackboneError, WeightsUnavailableError
 
 @functools.cache
 def list_timm_models() -> list[str]:
-    return timm.list_models()
+    """Architectures (``convnext_tiny``) and their pretrained tags (``convnext_tiny.fb_in22k``)."""
+    return sorted(set(timm.list_models()) | set(timm.list_pretrained()))
+
+
+def timm_model_name(name: str, weights: str | None) -> str:
+    """The name timm's factory takes: ``arch.tag`` from ``name`` (which may carry the tag, as timm
+    writes it) or from ``weights`` (a tag; ``DEFAULT`` and ``None`` leave timm's default)."""
+    arch, tag = split_model_name_tag(name)
+    if not tag:
+        return name if weights in (None, "DEFAULT") else f"{name}.{weights}"
+    if weights not in (None, "DEFAULT", tag):
+        raise BackboneError(f"Backbone timm:{name} names the pretrained tag {tag!r} but weights is {weights!r}: "
+                            f"give the tag once (timm:{arch} with weights: {weights}, or weights: DEFAULT).")
+    return name
 
 
 @register_offline("timm")
@@ -44,7 +58,7 @@ def create_timm_backbone(
     name: str, weights: str | None = "DEFAULT", weights_path: str | None = None, **kwargs: Any
 ) -> Backbone:
     pretrained = weights is not None and not weights_path
-    full_name = name if weights in (None, "DEFAULT") else f"{name}.{weights}"
+    full_name = timm_model_name(name, weights)
     try:
         # Pretrained: with the weights' own classifier, kept aside below for transferability metrics.
         model = timm.create_model(full_name, pretrained=pretrained, **({} if pretrained else {"num_classes": 0}), **kwargs)

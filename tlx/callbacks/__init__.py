@@ -1,6 +1,7 @@
 """Lightning callbacks of tlx."""
 
 from tlx.callbacks.augmentation_preview import AugmentationPreview
+from tlx.callbacks.ema import EMA
 from tlx.callbacks.hparams import HParamsMetrics
 from tlx.callbacks.lr_scaling import ScaleLearningRate
 from tlx.callbacks.prediction_gallery import PredictionGallery
@@ -8,5 +9,5 @@ from tlx.callbacks.prediction_writer import PredictionWriter
 from tlx.callbacks.top_losses import TopLosses
 from tlx.callbacks.trainable_summary import TrainableSummary
 
-__all__ = ["AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "ScaleLearningRate",
+__all__ = ["EMA", "AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "ScaleLearningRate",
            "TopLosses", "TrainableSummary"]

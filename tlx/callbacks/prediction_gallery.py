@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from tlx.callbacks.tensorboard_images import ValidationImages, class_name, preprocessing
 from tlx.visuals import BAD, GOOD, denormalize, image_grid_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure  # drawn lazily (tlx.visuals.new_figure)
 
 
 class PredictionGallery(ValidationImages):

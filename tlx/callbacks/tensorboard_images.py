@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from tlx.preprocessing import Preprocessing, fed_preprocessing
 from tlx.tensorboard import add_figure
 from tlx.visuals import never_fatal
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure  # drawn lazily (tlx.visuals.new_figure)
 
 
 def preprocessing(trainer: Trainer, pl_module: LightningModule) -> Preprocessing:

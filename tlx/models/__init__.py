@@ -1,4 +1,5 @@
 from tlx.models.classifier import ImageClassifier
+from tlx.models.loading import load
 
 
 def __getattr__(name: str):
@@ -10,4 +11,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DistillationClassifier", "ImageClassifier"]
+__all__ = ["DistillationClassifier", "ImageClassifier", "load"]

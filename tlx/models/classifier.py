@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from tlx.backbones import create_backbone
 from tlx.errors import DataError, TLXError
 from tlx.heads import HeadFactory, LinearHead
+from tlx.inference import Images, Prediction, predict
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
 from tlx.optim import ParamGroup, ParamGroupsProvider, optimizer_param_groups, scale_learning_rates
 from tlx.options import check_options
@@ -227,6 +228,13 @@ class ImageClassifier(LightningModule):
             b, v = x.shape[:2]
             return {"index": index, "probs": self(x.flatten(0, 1)).softmax(dim=-1).view(b, v, -1).mean(dim=1)}
         return {"index": index, "probs": self(x).softmax(dim=-1)}
+
+    def predict(self, images: Images, batch_size: int = 32) -> Prediction | list[Prediction]:
+        """Class names and probabilities for a PIL image or a path (one :class:`~tlx.inference.Prediction`),
+        or a list of them or a folder (a list), preprocessed as in evaluation (:mod:`tlx.inference`)."""
+        if not self.class_names:
+            raise TLXError("predict needs a trained model: tlx.load('best.ckpt'), or fit it first.")
+        return predict(self, images, batch_size=batch_size)
 
     # ---- optimisation ------------------------------------------------------------------------
     def _named_groups(self) -> list[ParamGroup]:
