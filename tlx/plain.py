@@ -39,3 +39,17 @@ def from_plain(value: Any, what: str = "model's hyperparameters") -> Any:
     if isinstance(value, dict) and "class_path" in value:
         return functools.partial(import_dotted(value["class_path"], what), **(value.get("init_args") or {}))
     return value
+
+
+def instance_of(spec: Any, base: type, what: str) -> Any:
+    """An instance of ``base`` (an objective, a distillation loss): given as one, or as its
+    description in hyperparameters (a dotted class name, or ``class_path`` + ``init_args``)."""
+    if isinstance(spec, base):
+        return spec
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
+    cls = import_dotted(spec["class_path"], what)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TLXError(f"{what}: {spec['class_path']!r} is not a {base.__module__}.{base.__qualname__}.")
+    return cls(**(spec.get("init_args") or {}))
+

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from tlx.errors import TLXError
-from tlx.plain import import_dotted
+from tlx.plain import instance_of
 
 Needs = Literal["logits", "embedding", "feature_map"]
 
@@ -63,14 +63,7 @@ class DistillationLoss(nn.Module):
 
 def loss_from(spec: DistillationLoss | dict | str) -> DistillationLoss:
     """A loss, or its description (``class_path`` + ``init_args``) as stored in hyperparameters."""
-    if isinstance(spec, DistillationLoss):
-        return spec
-    if isinstance(spec, str):
-        spec = {"class_path": spec}
-    cls = import_dotted(spec["class_path"], "distillation losses")
-    if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
-        raise TLXError(f"loss {spec['class_path']!r} is not a tlx.distillation DistillationLoss.")
-    return cls(**(spec.get("init_args") or {}))
+    return instance_of(spec, DistillationLoss, "distillation loss")
 
 
 def match_spatial(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:

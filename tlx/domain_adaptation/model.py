@@ -15,21 +15,12 @@ from tlx.domain_adaptation.objectives import DomainBatch, Objective, SourceOnly
 from tlx.errors import TLXError
 from tlx.heads import HeadFactory
 from tlx.models import ImageClassifier
-from tlx.plain import from_plain
+from tlx.plain import instance_of
 
 
 def _objective_from(spec: Objective | dict | str | None) -> Objective:
     """An objective, or its description as stored in a checkpoint's hyperparameters."""
-    if spec is None:
-        return SourceOnly()
-    if isinstance(spec, Objective):
-        return spec
-    if isinstance(spec, str):
-        spec = {"class_path": spec}
-    cls = from_plain(spec["class_path"], "objective")
-    if not (isinstance(cls, type) and issubclass(cls, Objective)):
-        raise TLXError(f"objective {spec['class_path']!r} is not a tlx.domain_adaptation Objective.")
-    return cls(**(spec.get("init_args") or {}))
+    return SourceOnly() if spec is None else instance_of(spec, Objective, "objective")
 
 
 class DomainAdaptationClassifier(ImageClassifier):
