@@ -479,6 +479,7 @@ def test_two_fits_started_together_get_their_own_version_folders(tiny_folder, tm
     assert not any(any((logs / f"version_{i}").iterdir()) for i in (1, 2))
 
 
+@pytest.mark.multiprocess  # starts python processes
 def test_two_fits_run_at_once_into_one_folder_both_finish(tiny_folder, tmp_path):
     import subprocess
     import sys
@@ -515,6 +516,7 @@ def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_file(tiny_folde
     os.remove(trace)
 
 
+@pytest.mark.multiprocess  # starts python processes
 def test_sigint_saves_like_sigterm(tiny_folder, tmp_path):
     import signal
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO, make_imagefolder
 
 
+@pytest.mark.multiprocess  # starts python processes
 def test_quickstart_fits_loads_and_predicts(tmp_path):
     data = make_imagefolder(tmp_path / "data", n_train=6, n_val=3)
     out = tmp_path / "logs"

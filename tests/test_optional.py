@@ -18,6 +18,7 @@ def test_require_names_the_extra_to_install():
         require("no_such_pkg.sub", "export", "ONNX export")
 
 
+@pytest.mark.multiprocess  # starts python processes
 def test_tlx_imports_without_onnx_and_leaves_the_matplotlib_backend_alone():
     code = ("import sys; sys.modules['onnx'] = sys.modules['onnxruntime'] = None\n"
             "import tlx, tlx.cli, tlx.export, matplotlib\n"
