@@ -36,3 +36,15 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "e2e" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A trained tiny checkpoint and its data (predict and export cases)."""
+    from tests.helpers import make_imagefolder, run_cli, tiny_fit_args
+
+    tmp = tmp_path_factory.mktemp("trained")
+    root = make_imagefolder(tmp / "data", n_train=6, n_val=3)
+    run_cli(tiny_fit_args(root, tmp / "runs", extra=["--trainer.logger=false"]))
+    return root, next((tmp / "runs").rglob("best.ckpt"))
+

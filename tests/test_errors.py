@@ -533,15 +533,6 @@ def test_sigint_saves_like_sigterm(tiny_folder, tmp_path):
 
 
 # ---- issue 19: predict, export and files that change ------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """A trained tiny checkpoint and its data (predict and export cases)."""
-    tmp = tmp_path_factory.mktemp("trained")
-    root = make_imagefolder(tmp / "data", n_train=4, n_val=2)
-    run_cli(tiny_fit_args(root, tmp / "runs", extra=["--trainer.logger=false"]))
-    return root, next((tmp / "runs").rglob("best.ckpt"))
-
-
 def predict_args(ckpt, *extra):
     return ["predict", f"--ckpt_path={ckpt}", "--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false",
             *extra]

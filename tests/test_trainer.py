@@ -19,16 +19,6 @@ from tlx.errors import DataError
 from tlx.models import ImageClassifier
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from tests.helpers import make_imagefolder
-
-    tmp = tmp_path_factory.mktemp("pred")
-    root = make_imagefolder(tmp / "data", n_train=6, n_val=3)
-    run_cli(tiny_fit_args(root, tmp / "runs", extra=["--trainer.logger=false"]))
-    return root, next((tmp / "runs").rglob("best.ckpt"))
-
-
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
