@@ -45,6 +45,11 @@ def test_flatten_and_unflatten_dense_tensors_round_trip():
     assert [b.shape for b in back] == [t.shape for t in tensors] and back[1].item() == 14
 
 
+def test_max_abs_per_tensor():
+    tensors = [torch.tensor([-3.0, 2.0]), torch.tensor([[0.5], [-0.25]]), torch.tensor([float("inf")])]
+    assert [float(m) for m in compat.max_abs_per_tensor(tensors)] == [3.0, 0.5, float("inf")]
+
+
 def test_mkldnn_bf16_supported_answers_a_bool():
     assert isinstance(compat.mkldnn_bf16_supported(), bool)
 
@@ -55,7 +60,7 @@ def test_no_private_lightning_or_torch_api_outside_compat():
     from pathlib import Path
 
     root = Path(compat.__file__).parent
-    private = re.compile(r"\._signal_connector|['\".]_every_n_epochs|(?<!self)\._trainer\b|_utils\._|\._NormBase|\._is_mkldnn")
+    private = re.compile(r"\._signal_connector|['\".]_every_n_epochs|(?<!self)\._trainer\b|_utils\._|\._NormBase|\._is_mkldnn|torch\._foreach_")
     offenders = [f"{p.relative_to(root)}: {m.group()}" for p in root.rglob("*.py") if p.name != "compat.py"
                  for m in private.finditer(p.read_text())]
     assert not offenders, offenders

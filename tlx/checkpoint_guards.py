@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from tlx.compat import max_abs_per_tensor
 from tlx.errors import TLXError
 
 NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -35,7 +36,7 @@ def non_finite_tensors(checkpoint: dict[str, Any]) -> list[str]:
         return []
     # The common, all-finite case: per-tensor max |x| in fused kernels, one device sync.
     values = [v.detach() for v in tensors.values() if v.numel()]
-    if not values or bool(torch.stack([n.float() for n in torch._foreach_norm(values, float("inf"))]).isfinite().all()):
+    if not values or bool(torch.stack([n.float() for n in max_abs_per_tensor(values)]).isfinite().all()):
         return []
     return [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
 

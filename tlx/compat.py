@@ -40,6 +40,11 @@ def unflatten_dense_tensors(flat: Tensor, like: list[Tensor]) -> tuple[Tensor, .
     return torch._utils._unflatten_dense_tensors(flat, like)
 
 
+def max_abs_per_tensor(tensors: list[Tensor]) -> list[Tensor]:
+    """``max |x|`` of each tensor, in torch's fused multi-tensor kernels (one launch, not one per tensor)."""
+    return list(torch._foreach_norm(tensors, float("inf")))
+
+
 def mkldnn_bf16_supported() -> bool:
     """Whether this CPU runs bfloat16 through oneDNN at speed (AVX512-BF16 / AMX)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -50,6 +55,7 @@ __all__ = [
     "attached_trainer",
     "checkpoint_every_n_epochs",
     "flatten_dense_tensors",
+    "max_abs_per_tensor",
     "mkldnn_bf16_supported",
     "request_graceful_stop",
     "unflatten_dense_tensors",
