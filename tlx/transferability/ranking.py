@@ -81,7 +81,7 @@ def per_class_subset(samples: Sequence[Sample], max_per_class: int | None, seed:
 
 def score_backbone(
     network: ScoringNetwork, samples: Sequence[Sample], metrics: Sequence[str], *, fast_decode: bool = True,
-    batch_size: int = 32, num_workers: int = 0, precision: str = "32-true", cache_dir: str | None = None,
+    batch_size: int = 64, num_workers: int = 0, precision: str = "auto", cache_dir: str | None = None,
 ) -> BackboneScores:
     """Extract ``samples`` once through ``network`` (its own preprocessing) and compute ``metrics``."""
     backbone = network.backbone
@@ -92,7 +92,8 @@ def score_backbone(
     start = time.perf_counter()
     stats: dict[str, Any] = {}
     output, labels = extract_features(network, dataset, batch_size=batch_size, num_workers=num_workers,
-                                      precision=precision, cache_dir=cache_dir, cache_key=key, stats=stats)
+                                      precision=precision, cache_dir=cache_dir, cache_key=key, stats=stats,
+                                      channels_last=True)
     features, source_probs = network.split(output)
     scores: dict[str, float | None] = {}
     notes, skipped = [], []
@@ -152,9 +153,9 @@ def rank_backbones(
     split: str = "train",
     max_images_per_class: int | None = None,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = 64,
     num_workers: int = 0,
-    precision: str = "32-true",
+    precision: str = "auto",
     device: Any = "cpu",
     cache_dir: str | None = None,
     output_dir: str | Path = "rank",
