@@ -88,6 +88,12 @@ class SWA(LateWeightAveraging):
             trainer.lr_scheduler_configs.clear()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._sync(trainer)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._sync(trainer)  # a run resumed mid-epoch gets no on_train_epoch_start
+
+    def _sync(self, trainer: Trainer) -> None:
         self._averaging = trainer.current_epoch >= self.start_epoch(trainer.max_epochs)
         if self._averaging and self.swa_lr is not None and self._scheduler is None:
             self._replace_scheduler(trainer)
