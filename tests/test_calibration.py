@@ -129,6 +129,26 @@ def test_predict_and_test_use_the_temperature(calibrated, tmp_path):
     assert float(trainer.callback_metrics["test/ece"]) == pytest.approx(expected_calibration_error(logits, labels, t), abs=1e-5)
 
 
+def test_cli_predict_writes_calibrated_probabilities(calibrated, tmp_path):
+    import csv
+
+    root, ckpt, report, _ = calibrated
+    model = tlx.load(ckpt)
+    files, x, _ = val_images(model, root)
+    list_file = tmp_path / "images.txt"
+    list_file.write_text("".join(f"{f}\n" for f in files))
+    out = tmp_path / "preds.csv"
+    run_cli(["predict", f"--ckpt_path={ckpt}", f"--data.init_args.predict_files={list_file}",
+             "--data.init_args.num_workers=0", f"--prediction_writer.output={out}", "--trainer.logger=false",
+             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    with torch.no_grad():
+        expected = (model(x) / report.temperature).softmax(-1).max(-1).values
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    assert torch.allclose(torch.tensor([float(r["probability"]) for r in rows]), expected, atol=1e-4)
+
+
 def test_onnx_export_divides_by_the_temperature(calibrated, tmp_path):
     import onnxruntime as ort
 

@@ -100,6 +100,26 @@ def test_swa_starts_late_without_the_random_head_and_resumes_inside_its_lr_phase
     assert not diff, f"resumed run differs in {diff[:5]}"
 
 
+def test_swa_resumed_mid_epoch_continues_its_lr_phase_and_average(tiny_folder, tmp_path):
+    # 4 steps an epoch; step 6 is inside epoch 1, the first SWA epoch (Lightning calls no
+    # on_train_epoch_start for the rest of a resumed epoch). The loader is not resumable, so only
+    # the bookkeeping is compared, not the weights.
+    def swa_run(out, ckpt_path=None):
+        callbacks = build_callbacks(fragment_callbacks(FULL) + averaging_callbacks(AVERAGING[1], swa_epoch_start=1,
+                                                                                   swa_lr=0.01))
+        ckpt = ModelCheckpoint(dirpath=str(out), filename="{step}", save_top_k=-1, every_n_train_steps=2)
+        trainer = fit(out, tiny_model(optimizer=adamw), OrderedData(str(tiny_folder)), [*callbacks, ckpt], epochs=3,
+                      enable_checkpointing=True, ckpt_path=ckpt_path)
+        return trainer, callbacks[-1]
+
+    full, swa = swa_run(tmp_path / "full")
+    resumed, swa_resumed = swa_run(tmp_path / "resumed", ckpt_path=str(tmp_path / "full" / "step=6.ckpt"))
+    assert type(resumed.lr_scheduler_configs[0].scheduler).__name__ == "SWALR"
+    assert int(swa_resumed._average_model.n_averaged) == int(swa._average_model.n_averaged) == 8
+    assert [g["lr"] for g in resumed.optimizers[0].param_groups] == pytest.approx(
+        [g["lr"] for g in full.optimizers[0].param_groups])
+
+
 @pytest.mark.parametrize("averaging", AVERAGING, ids=ids(AVERAGING))
 @pytest.mark.parametrize("fragment", STRATEGIES, ids=ids(STRATEGIES))
 def test_averaging_fits_with_every_strategy_and_keeps_frozen_weights(fragment, averaging, tiny_folder, tmp_path):
