@@ -4,7 +4,9 @@ and class names, verified against the checkpoint on real images.
 The exported model takes ``(B, 3, S, S)`` float32 RGB in ``[0, 1]``: the image with its short
 side resized to ``resize_size`` and centre-cropped to ``S = input_size`` (the sidecar JSON says
 which). Mean/std normalisation is inside the model (geometric resizing is left outside: it
-depends on the image's size and every runtime has its own). The output is class probabilities.
+depends on the image's size and every runtime has its own). The output is class probabilities,
+``softmax(logits / T)`` with the checkpoint's temperature (:mod:`tlx.calibration`; 1 when not
+calibrated): the graph divides by ``T``, and the metadata names it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
 
+from tlx.calibration import calibrated_probabilities
 from tlx.data.datasets import image_files
 from tlx.data.file_list import read_file_list
 from tlx.data.folders import readable_paths
@@ -42,7 +45,8 @@ class ExportError(TLXError):
 
 
 class ExportedClassifier(nn.Module):
-    """``[0, 1]`` RGB crops in, class probabilities out: normalisation + backbone + head + softmax."""
+    """``[0, 1]`` RGB crops in, class probabilities out: normalisation + backbone + head + softmax
+    of the logits divided by the model's temperature."""
 
     def __init__(self, model: LightningModule, preprocessing: Preprocessing):
         super().__init__()
@@ -52,9 +56,15 @@ class ExportedClassifier(nn.Module):
         self.head = model.head
         self.register_buffer("mean", torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("temperature", torch.tensor(temperature(model), dtype=torch.float32))
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.head(self.features((image - self.mean) / self.std)).softmax(dim=-1)
+        return (self.head(self.features((image - self.mean) / self.std)) / self.temperature).softmax(dim=-1)
+
+
+def temperature(model: nn.Module) -> float:
+    t = getattr(model, "temperature", None)
+    return float(t) if t is not None else 1.0
 
 
 def unit_range_transform(cfg: Preprocessing):
@@ -68,7 +78,9 @@ def metadata(model: LightningModule, ckpt_path: str) -> dict[str, Any]:
         "class_names": list(model.class_names),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, cfg.input_size, cfg.input_size], "dtype": "float32",
                   "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.class_names)], "meaning": "softmax probabilities"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.class_names)],
+                   "meaning": "softmax probabilities of logits / temperature"},
+        "temperature": temperature(model),
         "preprocessing": {
             **cfg.to_dict(),
             "steps": [f"resize the short side to {cfg.resize_size} px ({cfg.interpolation}, antialiased)",
@@ -175,12 +187,13 @@ def export_checkpoint(
         x = torch.rand(2, 3, cfg.input_size, cfg.input_size, generator=torch.Generator().manual_seed(0))
         reference_input = (x - wrapper.mean) / wrapper.std
     with torch.no_grad():
-        reference = model(reference_input).softmax(dim=-1)
+        reference = calibrated_probabilities(model, model(reference_input))
 
     info = metadata(model, ckpt_path)
     info["files"], info["verification"] = {}, {"images": paths or f"{len(x)} random inputs", "max_abs_diff": {},
                                                "top1_agreement": {}}
-    meta_json = json.dumps({k: info[k] for k in ("class_names", "input", "output", "preprocessing", "backbone")})
+    meta_json = json.dumps({k: info[k] for k in ("class_names", "input", "output", "preprocessing", "temperature",
+                                                 "backbone")})
     outputs: dict[str, np.ndarray] = {}
     example = x[:2] if len(x) > 1 else x.repeat(2, 1, 1, 1)  # batch 2: keep the batch axis symbolic
 
@@ -208,7 +221,8 @@ def export_checkpoint(
         fold_static_shapes(path)  # "same"-padding arithmetic is constant at the fixed image size
         proto = onnx.load(str(path))
         for key, value in (("tlx", meta_json), ("class_names", json.dumps(info["class_names"])),
-                           ("preprocessing", json.dumps(info["preprocessing"]))):
+                           ("preprocessing", json.dumps(info["preprocessing"])),
+                           ("temperature", json.dumps(info["temperature"]))):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)

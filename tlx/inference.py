@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from tlx.calibration import calibrated_probabilities
 from tlx.data.datasets import image_files
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
@@ -81,7 +82,7 @@ def predict(model: "ImageClassifier", images: Images, batch_size: int = 32) -> P
             pils = [item.convert("RGB") if isinstance(item, Image.Image) else load_rgb(item, cfg.resize_size)
                     for item in chunk]
             x = torch.stack([transform(img) for img in pils]).to(device)
-            probs = model(x).float().softmax(dim=-1).cpu()
+            probs = calibrated_probabilities(model, model(x)).cpu()  # softmax(logits / T)
             for item, p in zip(chunk, probs):
                 top = int(p.argmax())
                 results.append(Prediction(

@@ -9,21 +9,37 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
 
+from tlx.calibration import ECE_BINS
 from tlx.visuals import new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+class LogitCalibrationError(MulticlassCalibrationError):
+    """Expected calibration error (15 equal-width confidence bins, l1, as Guo et al. 2017) of the
+    softmax of the logits it is given. The softmax is taken here: torchmetrics would take logits
+    that happen to lie within [0, 1] for probabilities."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes, n_bins=ECE_BINS, norm="l1")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        super().update(preds.float().softmax(dim=-1), target)
+
+
 def scalar_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Top-1 accuracy, macro F1, and top-5 accuracy when there are more than 5 classes."""
+    """Top-1 accuracy, macro F1, expected calibration error (``ece``, of the logits given: the model
+    passes them divided by its temperature), and top-5 accuracy when there are more than 5 classes."""
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "f1": MulticlassF1Score(num_classes, average="macro"),
+        "ece": LogitCalibrationError(num_classes),
     }
     if num_classes > 5:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")

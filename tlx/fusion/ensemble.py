@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tlx.preprocessing import Preprocessing, as_preprocessing
 from tlx.errors import TLXError
 from tlx.models import ImageClassifier
+from tlx.calibration import add_temperature
 from tlx.models.from_checkpoint import model_class, model_kwargs
 
 
@@ -80,6 +81,7 @@ class EnsembleClassifier(ImageClassifier):
         self.hparams["preprocessing"] = self.preprocessing.to_dict()
         # The rest of what ImageClassifier.__init__ sets (its training options do not apply here).
         self.input_kind, self.param_groups_provider, self.lr_factor = "images", None, 1.0
+        add_temperature(self)  # the ensemble's own T (1 until calibrated); the members' do not carry over
         heads = [n.head for n in nets]
         self.head_factory = lambda in_features, num_classes: EnsembleHead(heads, widths)
         self.optimizer_factory, self.scheduler_factory = torch.optim.AdamW, None

@@ -25,7 +25,9 @@ class Ingredient:
 
     @property
     def state_dict(self) -> dict[str, Tensor]:
-        return self.checkpoint["state_dict"]
+        # Without the temperature (tlx.calibration): a fused model is a new model, T = 1 until it is
+        # calibrated itself, and checkpoints from before calibration existed fuse with newer ones.
+        return {k: v for k, v in self.checkpoint["state_dict"].items() if k != "temperature"}
 
     @property
     def hparams(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from tlx.backbones import create_backbone
+from tlx.calibration import add_temperature, calibrated_probabilities
 from tlx.errors import DataError, TLXError
 from tlx.heads import HeadFactory, LinearHead
 from tlx.inference import Images, Prediction, predict
@@ -100,6 +101,7 @@ class ImageClassifier(LightningModule):
         self.lr_factor = 1.0
         self.class_names = list(class_names) if class_names else None
         self.head: torch.nn.Module | None = None
+        add_temperature(self)  # T of temperature scaling (tlx.callbacks.TemperatureScaling); 1 until fitted
         if self.class_names:
             self._build_head()
 
@@ -189,7 +191,7 @@ class ImageClassifier(LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics(logits, y)
+        metrics(logits / self.temperature, y)  # the arg-max metrics do not change; ece is of the calibrated model
         (self.val_details if stage == "val" else self.test_details).update(logits, y)
         mean_loss = self.val_loss if stage == "val" else self.test_loss
         mean_loss.update(loss, weight=len(x))
@@ -226,8 +228,8 @@ class ImageClassifier(LightningModule):
         x, index = batch
         if x.ndim == 5:  # test-time augmentation: (B, views, C, H, W); average the views' probabilities
             b, v = x.shape[:2]
-            return {"index": index, "probs": self(x.flatten(0, 1)).softmax(dim=-1).view(b, v, -1).mean(dim=1)}
-        return {"index": index, "probs": self(x).softmax(dim=-1)}
+            return {"index": index, "probs": calibrated_probabilities(self, self(x.flatten(0, 1))).view(b, v, -1).mean(dim=1)}
+        return {"index": index, "probs": calibrated_probabilities(self, self(x))}
 
     def predict(self, images: Images, batch_size: int = 32) -> Prediction | list[Prediction]:
         """Class names and probabilities for a PIL image or a path (one :class:`~tlx.inference.Prediction`),

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import nn
 
+from tlx.calibration import calibrated_probabilities
 from tlx.data.images import load_rgb
 from tlx.quantization.calibration import ImageCalibrationReader, balanced_calibration_set
 from tlx.quantization.measure import compare, session, speed
@@ -120,7 +121,7 @@ def _predict(wrapper, reference_model, files, paths, to_unit, threads, batch_siz
         x = torch.stack([to_unit(load_rgb(p)) for p in paths[start:start + batch_size]])
         first = x if first is None else first
         with torch.no_grad():  # the checkpoint on tlx's own evaluation preprocessing
-            reference.append(reference_model((x - wrapper.mean) / wrapper.std).softmax(-1).numpy())
+            reference.append(calibrated_probabilities(reference_model, reference_model((x - wrapper.mean) / wrapper.std)).numpy())
         for name, sess in sessions.items():
             outputs[name].append(sess.run(None, {input_name: x.numpy()})[0])
     return {k: np.concatenate(v) for k, v in outputs.items()}, np.concatenate(reference), first.numpy()
