@@ -1,4 +1,4 @@
-"""Classification metrics (torchmetrics) and their TensorBoard renderings."""
+"""Classification metrics (torchmetrics) and their figures."""
 
 from __future__ import annotations
 

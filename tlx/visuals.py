@@ -1,4 +1,4 @@
-"""Rendering batches of images as labelled matplotlib figures (for TensorBoard and files)."""
+"""Rendering batches of images as labelled matplotlib figures (for the loggers and the run report)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def image_grid_figure(
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 rendering of ``fig`` (what TensorBoard will show)."""
+    """An ``(H, W, 3)`` uint8 rendering of ``fig`` (what the loggers show)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)

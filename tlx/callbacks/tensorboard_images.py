@@ -1,4 +1,4 @@
-"""Shared plumbing of the callbacks that draw images into TensorBoard."""
+"""Shared plumbing of the callbacks that draw images for the loggers (any logger: tlx.figures)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from tlx.preprocessing import Preprocessing, fed_preprocessing
-from tlx.tensorboard import add_figure
+from tlx.figures import log_figure
 from tlx.visuals import never_fatal
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def class_name(pl_module: LightningModule, index: int) -> str:
 class ValidationImages(Callback):
     """Collects what a subclass needs from each validation epoch and draws it as a figure.
 
-    The figure goes to TensorBoard every ``every_n_epochs`` epochs (0: never periodically) and,
+    The figure goes to every logger (:func:`tlx.figures.log_figure`) every ``every_n_epochs`` epochs (0: never periodically) and,
     with ``at_fit_end``, once more at the end of fit for the last validation epoch when that one
     was not drawn already. The sanity check is never drawn. Logits come from ``validation_step``'s
     output when the model returns them, else from one more forward pass.
@@ -88,5 +88,5 @@ class ValidationImages(Callback):
         with never_fatal(self.tag):
             fig = self.render(trainer, pl_module)
             if fig is not None:
-                add_figure(trainer, self.tag, fig, self._collected_epoch)
+                log_figure(trainer, self.tag, fig, self._collected_epoch)
         self._drawn_epoch = self._collected_epoch
