@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Trainer
 
-from tlx.visuals import figure_to_array, never_fatal
+from tlx.visuals import figure_png, figure_to_array, never_fatal
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure  # drawn lazily (tlx.visuals.new_figure)
@@ -36,13 +36,6 @@ def figure_loggers(trainer: Trainer) -> list[Any]:
 def figure_file_name(tag: str, step: int) -> str:
     """``val/confusion_matrix`` at step 3 -> ``val_confusion_matrix_3.png`` (one flat folder)."""
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag).strip('_')}_{step}.png"
-
-
-def save_png(fig: Figure, path: str) -> str:
-    """``fig`` as a PNG file (a bare Figure renders with Agg, headless)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
 
 
 def logger_dir(logger: Any, fallback: str) -> str:
@@ -60,7 +53,10 @@ def send_figure(logger: Any, tag: str, fig: Figure, step: int, fallback_dir: str
     elif callable(getattr(logger, "log_image", None)):
         logger.log_image(key=tag, images=[figure_to_array(fig)], step=step)
     else:
-        save_png(fig, os.path.join(logger_dir(logger, fallback_dir), "figures", figure_file_name(tag, step)))
+        folder = os.path.join(logger_dir(logger, fallback_dir), "figures")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, figure_file_name(tag, step)), "wb") as f:
+            f.write(figure_png(fig))
 
 
 def log_figure(trainer: Trainer, tag: str, fig: Figure, step: int) -> None:

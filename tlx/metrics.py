@@ -73,3 +73,25 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def per_class_rows(matrix: Tensor, class_names: list[str]) -> list[dict]:
+    """Per true class of a confusion matrix (rows: true): images, correct, accuracy (recall) with
+    its 95% Wilson interval, and precision (the share of that class's predictions that are right)."""
+    m = matrix.detach().cpu().long()
+    rows = []
+    for i, name in enumerate(class_names):
+        total, correct, predicted = int(m[i].sum()), int(m[i, i]), int(m[:, i].sum())
+        low, high = wilson_interval(correct, total)
+        rows.append({"class": name, "images": total, "correct": correct,
+                     "accuracy": correct / total if total else float("nan"), "low": low, "high": high,
+                     "precision": correct / predicted if predicted else float("nan")})
+    return rows
+
+
+def most_confused(matrix: Tensor, class_names: list[str], k: int = 10) -> list[tuple[str, str, int, float]]:
+    """The ``k`` largest off-diagonal counts: ``(true, predicted, count, share of the true class)``."""
+    m = matrix.detach().cpu().long()
+    pairs = [(int(m[i, j]), i, j) for i in range(len(m)) for j in range(len(m)) if i != j and m[i, j] > 0]
+    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+    return [(class_names[i], class_names[j], n, n / int(m[i].sum())) for n, i, j in pairs[:k]]

@@ -6,8 +6,9 @@ from tlx.callbacks.hparams import HParamsMetrics
 from tlx.callbacks.lr_scaling import ScaleLearningRate
 from tlx.callbacks.prediction_gallery import PredictionGallery
 from tlx.callbacks.prediction_writer import PredictionWriter
+from tlx.callbacks.run_report import RunReport
 from tlx.callbacks.top_losses import TopLosses
 from tlx.callbacks.trainable_summary import TrainableSummary
 
-__all__ = ["EMA", "AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "ScaleLearningRate",
-           "TopLosses", "TrainableSummary"]
+__all__ = ["EMA", "AugmentationPreview", "HParamsMetrics", "PredictionGallery", "PredictionWriter", "RunReport",
+           "ScaleLearningRate", "TopLosses", "TrainableSummary"]

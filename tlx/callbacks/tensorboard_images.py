@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -21,6 +19,16 @@ if TYPE_CHECKING:
 def preprocessing(trainer: Trainer, pl_module: LightningModule) -> Preprocessing:
     """The preprocessing the images went through (to show them as they were)."""
     return fed_preprocessing(pl_module, trainer.datamodule)
+
+
+def batch_logits(pl_module: LightningModule, outputs: Any, x: Tensor) -> Tensor:
+    """The logits of an evaluation batch: ``*_step``'s output when the model returns them (a
+    tensor, or a dict with ``logits``), else one more forward pass."""
+    logits = outputs.get("logits") if isinstance(outputs, dict) else outputs
+    if not isinstance(logits, Tensor) or logits.shape[0] != x.shape[0]:
+        with torch.no_grad():
+            logits = pl_module(x)
+    return logits
 
 
 def class_name(pl_module: LightningModule, index: int) -> str:
@@ -67,11 +75,7 @@ class ValidationImages(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         x, y = batch
-        logits = outputs.get("logits") if isinstance(outputs, dict) else outputs
-        if not isinstance(logits, Tensor) or logits.shape[0] != x.shape[0]:
-            with torch.no_grad():
-                logits = pl_module(x)
-        self.collect(x.detach(), y.detach(), logits.detach().float())
+        self.collect(x.detach(), y.detach(), batch_logits(pl_module, outputs, x).detach().float())
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
