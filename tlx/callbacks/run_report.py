@@ -170,8 +170,15 @@ class RunReport(Callback):
             self.history.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step, **values})
 
     def _collect(self, stage: str, pl_module: LightningModule, outputs: Any, batch: Any) -> None:
-        if not self.enabled or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        if not self.enabled or stage not in self._batches or not isinstance(batch, (tuple, list)) or len(batch) != 2:
             return
+        try:
+            self._collect_batch(stage, pl_module, outputs, batch)
+        except Exception as e:  # a model this report does not understand: no matrix, and the run goes on
+            self._batches.pop(stage, None)
+            log.warning("run report: no confusion matrix for %s (%s: %s).", stage, type(e).__name__, e)
+
+    def _collect_batch(self, stage: str, pl_module: LightningModule, outputs: Any, batch: Any) -> None:
         x, y = batch
         if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point():
             return  # soft or multi-label targets: no confusion matrix
@@ -193,6 +200,8 @@ class RunReport(Callback):
         counts = torch.bincount(rows[:, 0].long() * n + rows[:, 1].long(), minlength=n * n)[: n * n]
         # every rank takes part (a collective), each with its shard's counts
         counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
+        if not int(counts.sum()):  # nothing this report could read (not a single-label classifier)
+            return
         self.evaluations[stage] = Evaluation(STAGES[stage][1], names, counts.view(n, n),
                                              self._worst(trainer, stage, rows, names))
 
