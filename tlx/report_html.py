@@ -120,12 +120,15 @@ def curves_png(history: list[dict]) -> bytes:
     cols = min(3, len(groups))
     rows = math.ceil(len(groups) / cols)
     fig = new_figure(figsize=(4.2 * cols, 3.0 * rows), dpi=100)
+    from matplotlib.ticker import MaxNLocator
+
     for i, (panel, series) in enumerate(sorted(groups.items())):
         ax = fig.add_subplot(rows, cols, i + 1)
         for name, points in sorted(series.items()):
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, never 0.96 ... 1.04
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -194,6 +197,14 @@ def evaluation_section(e: Evaluation, plots: bool) -> str:
 
 
 # ---- the page ---------------------------------------------------------------------------------
+def metric_order(name: str) -> tuple[int, str]:
+    """Test, then validation, then training metrics, then the rest (learning rates, counts)."""
+    for rank, prefix in enumerate(("test/", "val/", "train/")):
+        if name.startswith(prefix):
+            return rank, name
+    return 3, name
+
+
 def render_report(s: RunSummary) -> str:
     missing = matplotlib_missing()
     notes = [*s.notes, *([missing] if missing else [])]
@@ -201,7 +212,7 @@ def render_report(s: RunSummary) -> str:
              f"<p class='muted'>{html.escape(s.status)} · {html.escape(s.log_dir)}</p>"]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
     if s.metrics:
-        parts.append("<h2>Final metrics</h2>" + table(["metric", "value"], [[k, v] for k, v in sorted(s.metrics.items())]))
+        parts.append("<h2>Final metrics</h2>" + table(["metric", "value"], [[k, s.metrics[k]] for k in sorted(s.metrics, key=metric_order)]))
     if s.best:
         parts.append(f"<p>Best checkpoint: {html.escape(s.best[0])} (score {s.best[1]:.4g})</p>")
     if s.history or "fit" in s.status:

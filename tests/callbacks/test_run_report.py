@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
@@ -141,3 +141,20 @@ def test_chromium_renders_the_report(fit_then_test, tmp_path):
     assert drawn.mean() > 0.03, f"only {drawn.mean():.1%} of the page is drawn"
     # the curves (inline PNGs) are drawn: the blue of matplotlib's first line is on the page
     assert (np.abs(shot - [31, 119, 180]).sum(axis=-1) < 30).sum() > 200
+
+
+def test_a_run_stopped_by_an_error_still_leaves_its_report(tmp_path):
+    class Boom(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("disk on fire")
+
+    root = make_imagefolder(tmp_path / "data", n_train=4, n_val=2)
+    trainer = Trainer(default_root_dir=str(tmp_path), max_epochs=3, accelerator="cpu", logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[RunReport(), Boom()])
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        trainer.fit(ImageClassifier(**TINY_MODEL), datamodule=ImageFolderDataModule(root=str(root), batch_size=4,
+                                                                                      num_workers=0))
+    page = (tmp_path / "report.html").read_text()
+    assert "stopped early (RuntimeError)" in page and "Validation (last epoch of fit)" in page
