@@ -158,3 +158,18 @@ def test_a_run_stopped_by_an_error_still_leaves_its_report(tmp_path):
                                                                                       num_workers=0))
     page = (tmp_path / "report.html").read_text()
     assert "stopped early (RuntimeError)" in page and "Validation (last epoch of fit)" in page
+
+
+def test_worst_images_take_files_only_when_the_labels_match_the_loader_order(tmp_path):
+    from tlx.evaluation_rows import image_rows, worst_images
+
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    for f in files:
+        Image.new("RGB", (300, 200), (200, 30, 30)).save(f)
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [2.0, 0.0]])
+    rows = image_rows(logits, torch.tensor([0, 0, 1]))  # images 1 and 2 are wrong, 1 the worse
+    worst = worst_images(rows, ["ant", "bee"], 2, [(str(f), label) for f, label in zip(files, [0, 0, 1])])
+    assert [(w.true, w.predicted, w.file) for w in worst] == [("ant", "bee", str(files[1])), ("bee", "ant", str(files[2]))]
+    assert Image.open(io.BytesIO(worst[0].png)).size == (160, 107)  # a thumbnail, aspect kept
+    shuffled = worst_images(rows, ["ant", "bee"], 2, [(str(f), label) for f, label in zip(files, [1, 0, 0])])
+    assert [w.file for w in shuffled] == [None, None] and [w.true for w in shuffled] == ["ant", "bee"]

@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from datetime import datetime
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from PIL import Image
 from torch import Tensor
 
 from tlx.callbacks.tensorboard_images import batch_logits
 from tlx.callbacks.trainable_summary import trainable_table
-from tlx.report_html import Evaluation, RunSummary, Worst, render_report
+from tlx.evaluation_rows import confusion_counts, image_rows, worst_images
+from tlx.phase_clock import PhaseClock
+from tlx.report_html import Evaluation, RunSummary, render_report
 from tlx.visuals import never_fatal
 
 log = logging.getLogger("tlx")
 
-STAGES = {"val": ("val", "Validation (last epoch of fit)"), "test": ("test", "Test")}
+TITLES = {"val": "Validation (last epoch of fit)", "test": "Test"}
 
 
 def epoch_scalars(metrics: dict[str, Tensor], prefix: str = "") -> dict[str, float]:
@@ -41,17 +40,6 @@ def epoch_scalars(metrics: dict[str, Tensor], prefix: str = "") -> dict[str, flo
     values = {k: float(v) for k, v in metrics.items()
               if k.startswith(prefix) and not k.endswith("_step") and "/acc_class/" not in k and v.numel() == 1}
     return {k: v for k, v in values.items() if not (k.endswith("_epoch") and k.removesuffix("_epoch") in values)}
-
-
-def thumbnail_png(path: str, size: int = 160) -> bytes:
-    import io
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        buffer = io.BytesIO()
-        im.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class RunReport(Callback):
@@ -72,30 +60,7 @@ class RunReport(Callback):
         self.evaluations: dict[str, Evaluation] = {}
         self._batches: dict[str, list[Tensor]] = {}
         self._log_dir: str | None = None
-        self._seconds: dict[str, float] = {}
-        self._since: dict[str, float] = {}
-        self._created = time.monotonic()
-
-    # ---- timing ------------------------------------------------------------------------------
-    def _start(self, phase: str) -> None:
-        self._since[phase] = time.monotonic()
-
-    def _stop(self, phase: str) -> None:
-        if phase in self._since:
-            self._seconds[phase] = self._seconds.get(phase, 0.0) + time.monotonic() - self._since.pop(phase)
-
-    def timing(self) -> list[tuple[str, float]]:
-        """Seconds per phase; validation runs inside the training epochs, so it is taken out of them."""
-        s, wall = self._seconds, time.monotonic() - self._created
-        train = s["train"] - s.get("val", 0.0) if "train" in s else None
-        in_fit = s.get("fit", 0.0) - sum(v or 0.0 for v in (s.get("sanity"), train, s.get("val")))
-        rows = [("wall time, from setting up the run to this report", wall),
-                ("fit", s.get("fit")), ("· training (without validation)", train), ("· validation", s.get("val")),
-                ("· sanity check", s.get("sanity")), ("· other (setup, feature caches, checkpoints, hooks)", in_fit if "fit" in s else None),
-                ("test", s.get("test")),
-                ("outside fit and test (building the model and data, loading weights)",
-                 wall - s.get("fit", 0.0) - s.get("test", 0.0))]
-        return [(name, v) for name, v in rows if v is not None]
+        self.clock = PhaseClock()
 
     # ---- hooks -------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -103,27 +68,27 @@ class RunReport(Callback):
             self._log_dir = trainer.log_dir
         # from setup on: other callbacks' on_fit_start (a feature cache's extraction) counts too
         if stage in ("fit", "test"):
-            self._start(stage)
+            self.clock.start(stage)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.history = []
 
     def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start("sanity")
+        self.clock.start("sanity")
 
     def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._stop("sanity")
+        self.clock.stop("sanity")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start("train")
+        self.clock.start("train")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._stop("train")
+        self.clock.stop("train")
         self._record(trainer, "train/")
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._start("val")
+            self.clock.start("val")
             self._batches["val"] = []
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -147,20 +112,19 @@ class RunReport(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:  # the epoch's reduced values are in callback_metrics by now
-            self._stop("val")
+            self.clock.stop("val")
             self._record(trainer, "val/")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._stop("fit")
+        self.clock.stop("fit")
         self.write(trainer, pl_module, "fit finished")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._stop("test")
+        self.clock.stop("test")
         self.write(trainer, pl_module, "test finished")
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        for phase in list(self._since):
-            self._stop(phase)
+        self.clock.stop_all()
         self.write(trainer, pl_module, f"stopped early ({type(exception).__name__}); this is what the run had")
 
     # ---- collecting --------------------------------------------------------------------------
@@ -182,14 +146,9 @@ class RunReport(Callback):
         x, y = batch
         if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point():
             return  # soft or multi-label targets: no confusion matrix
-        logits = batch_logits(pl_module, outputs, x).detach().float()
-        if logits.ndim != 2 or len(logits) != len(y):
-            return
-        probs = logits.softmax(dim=-1)
-        loss = F.cross_entropy(logits, y, reduction="none")
-        # one row per image: true, predicted, loss, p(true)
-        self._batches[stage].append(torch.stack([y.float(), probs.argmax(1).float(), loss,
-                                                 probs.gather(1, y[:, None])[:, 0]], 1).cpu())
+        logits = batch_logits(pl_module, outputs, x)
+        if logits.ndim == 2 and len(logits) == len(y):
+            self._batches[stage].append(image_rows(logits, y))
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         names = list(getattr(pl_module, "class_names", None) or [])
@@ -197,37 +156,23 @@ class RunReport(Callback):
         if not self.enabled or not names:
             return
         n = len(names)
-        counts = torch.bincount(rows[:, 0].long() * n + rows[:, 1].long(), minlength=n * n)[: n * n]
         # every rank takes part (a collective), each with its shard's counts
-        counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
+        counts = trainer.strategy.reduce(confusion_counts(rows, n).to(pl_module.device), reduce_op="sum").cpu()
         if not int(counts.sum()):  # nothing this report could read (not a single-label classifier)
             return
-        self.evaluations[stage] = Evaluation(STAGES[stage][1], names, counts.view(n, n),
-                                             self._worst(trainer, stage, rows, names))
+        self.evaluations[stage] = Evaluation(TITLES[stage], names, counts.view(n, n),
+                                             worst_images(rows, names, self.top_losses, self._samples(trainer, stage)))
 
-    def _worst(self, trainer: Trainer, stage: str, rows: Tensor, names: list[str]) -> list[Worst]:
-        if not len(rows) or self.top_losses <= 0:
-            return []
-        order = rows[:, 2].argsort(descending=True)[: self.top_losses].tolist()
-        samples = None
+    @staticmethod
+    def _samples(trainer: Trainer, stage: str) -> list | None:
+        """The split's ``(path, label)`` list, in the loader's order (evaluation is not shuffled),
+        where the data module offers it; one process only (a shard's order is not the list's)."""
         samples_of = getattr(trainer.datamodule, "samples", None)
-        if trainer.world_size == 1 and callable(samples_of):
-            with never_fatal("the top-loss thumbnails"):
-                samples = samples_of(stage)
-        # the loader's order is the samples' order (evaluation is never shuffled); check the labels
-        if samples is not None and (len(samples) != len(rows) or
-                                    any(int(samples[i][1]) != int(rows[i, 0]) for i in order)):
-            samples = None
-        worst = []
-        for i in order:
-            t, p, loss, prob = rows[i].tolist()
-            w = Worst(names[int(t)], names[int(p)], loss, prob)
-            if samples is not None:
-                w.file = str(samples[i][0])
-                with never_fatal(f"the thumbnail of {w.file}"):
-                    w.png = thumbnail_png(w.file)
-            worst.append(w)
-        return worst
+        if trainer.world_size != 1 or not callable(samples_of):
+            return None
+        with never_fatal("the top-loss file names"):
+            return samples_of(stage)
+        return None
 
     # ---- writing -----------------------------------------------------------------------------
     def summary(self, trainer: Trainer, pl_module: LightningModule, status: str) -> RunSummary:
@@ -247,7 +192,7 @@ class RunReport(Callback):
             status=f"{status}, {datetime.now():%Y-%m-%d %H:%M:%S}",
             metrics=metrics, best=best, history=self.history,
             evaluations=[self.evaluations[s] for s in ("val", "test") if s in self.evaluations],
-            trainable=trainable_table(pl_module), config=config, timing=self.timing(), notes=notes)
+            trainable=trainable_table(pl_module), config=config, timing=self.clock.rows(), notes=notes)
 
     def write(self, trainer: Trainer, pl_module: LightningModule, status: str) -> str | None:
         """Write the report now (global rank 0); its path, or None."""
