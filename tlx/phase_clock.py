@@ -30,11 +30,11 @@ class PhaseClock:
         s, wall = self.seconds, time.monotonic() - self.created
         train = s["train"] - s.get("val", 0.0) if "train" in s else None
         other = s.get("fit", 0.0) - sum(v or 0.0 for v in (s.get("sanity"), train, s.get("val")))
-        rows = [("wall time, from setting up the run to this report", wall),
+        rows = [("wall time, since the trainer was built", wall),
                 ("fit", s.get("fit")), ("· training (without validation)", train), ("· validation", s.get("val")),
                 ("· sanity check", s.get("sanity")),
                 ("· other (setup, feature caches, checkpoints, hooks)", other if "fit" in s else None),
                 ("test", s.get("test")),
-                ("outside fit and test (building the model and data, loading weights)",
+                ("outside fit and test (before, between and after them)",
                  wall - s.get("fit", 0.0) - s.get("test", 0.0))]
         return [(name, v) for name, v in rows if v is not None]

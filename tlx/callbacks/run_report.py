@@ -183,6 +183,9 @@ class RunReport(Callback):
         best = None
         if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path and ckpt.best_model_score is not None:
             best = (ckpt.best_model_path, float(ckpt.best_model_score))
+        if best and "val" in self.evaluations:
+            self.evaluations["val"].note = (f"The model after the last epoch. The best checkpoint (score {best[1]:.4g}) "
+                                            "may differ: `tlx test --ckpt_path` on it reports its own figures.")
         config_path = os.path.join(self._log_dir or "", "config.yaml")
         config = open(config_path).read() if os.path.isfile(config_path) else None
         notes = [] if trainer.world_size == 1 else [
