@@ -173,3 +173,20 @@ def test_worst_images_take_files_only_when_the_labels_match_the_loader_order(tmp
     assert Image.open(io.BytesIO(worst[0].png)).size == (160, 107)  # a thumbnail, aspect kept
     shuffled = worst_images(rows, ["ant", "bee"], 2, [(str(f), label) for f, label in zip(files, [1, 0, 0])])
     assert [w.file for w in shuffled] == [None, None] and [w.true for w in shuffled] == ["ant", "bee"]
+
+
+def test_a_resumed_fit_keeps_the_curves_of_the_epochs_before_the_resume(tmp_path):
+    root = make_imagefolder(tmp_path / "data", n_train=4, n_val=2)
+
+    def fit(epochs: int, ckpt_path: str | None = None) -> RunReport:
+        report = RunReport()
+        trainer = Trainer(default_root_dir=str(tmp_path), max_epochs=epochs, accelerator="cpu", logger=False,
+                          enable_progress_bar=False, enable_model_summary=False, callbacks=[report])
+        trainer.fit(ImageClassifier(**TINY_MODEL), datamodule=ImageFolderDataModule(root=str(root), batch_size=4,
+                                                                                      num_workers=0), ckpt_path=ckpt_path)
+        return report
+
+    fit(2)
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    resumed = fit(3, str(ckpt))
+    assert [row["epoch"] for row in resumed.history if "val/acc" in row] == [1, 2, 3]

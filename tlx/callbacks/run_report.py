@@ -69,9 +69,14 @@ class RunReport(Callback):
         # from setup on: other callbacks' on_fit_start (a feature cache's extraction) counts too
         if stage in ("fit", "test"):
             self.clock.start(stage)
+        if stage == "fit":  # before a resumed checkpoint's history is loaded (load_state_dict)
+            self.history = []
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.history = []
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}  # a resumed run's report shows its whole curves
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
 
     def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.clock.start("sanity")
