@@ -6,7 +6,9 @@ that neither mlflow nor wandb has to be installed to import this):
 - TensorBoard (its experiment has ``add_figure``): ``add_figure(tag, fig, step)``;
 - MLflow (``logger.run_id`` and ``experiment.log_figure``): ``log_figure(run_id, fig,
   "figures/<tag>_<step>.png")``, an artifact of the run;
-- Weights & Biases and others with ``logger.log_image(key, images, step)``: the rendered picture;
+- Weights & Biases and others with ``logger.log_image(key, images, step)``: the rendered picture,
+  at the trainer's global step (W&B's x axis is Lightning's ``trainer/global_step``: an epoch
+  number there would put the picture at the wrong place);
 - any other logger (CSVLogger...): a PNG file ``<log_dir>/figures/<tag>_<step>.png``, so that
   no figure is silently dropped.
 
@@ -43,7 +45,7 @@ def logger_dir(logger: Any, fallback: str) -> str:
     return getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or fallback
 
 
-def send_figure(logger: Any, tag: str, fig: Figure, step: int, fallback_dir: str) -> None:
+def send_figure(logger: Any, tag: str, fig: Figure, step: int, global_step: int, fallback_dir: str) -> None:
     """``fig`` to one logger, the way it takes images (see the module docstring)."""
     experiment = getattr(logger, "experiment", None)
     if callable(getattr(experiment, "add_figure", None)):
@@ -51,7 +53,7 @@ def send_figure(logger: Any, tag: str, fig: Figure, step: int, fallback_dir: str
     elif getattr(logger, "run_id", None) and callable(getattr(experiment, "log_figure", None)):
         experiment.log_figure(logger.run_id, fig, f"figures/{figure_file_name(tag, step)}")
     elif callable(getattr(logger, "log_image", None)):
-        logger.log_image(key=tag, images=[figure_to_array(fig)], step=step)
+        logger.log_image(key=tag, images=[figure_to_array(fig)], step=global_step)
     else:
         folder = os.path.join(logger_dir(logger, fallback_dir), "figures")
         os.makedirs(folder, exist_ok=True)
@@ -63,4 +65,4 @@ def log_figure(trainer: Trainer, tag: str, fig: Figure, step: int) -> None:
     """``fig`` under ``tag`` at ``step`` to every logger of ``trainer`` (on global rank 0)."""
     for logger in figure_loggers(trainer):
         with never_fatal(f"{tag} for {type(logger).__name__}"):
-            send_figure(logger, tag, fig, step, trainer.default_root_dir)
+            send_figure(logger, tag, fig, step, trainer.global_step, trainer.default_root_dir)
