@@ -92,6 +92,9 @@ def per_class_rows(matrix: Tensor, class_names: list[str]) -> list[dict]:
 def most_confused(matrix: Tensor, class_names: list[str], k: int = 10) -> list[tuple[str, str, int, float]]:
     """The ``k`` largest off-diagonal counts: ``(true, predicted, count, share of the true class)``."""
     m = matrix.detach().cpu().long()
-    pairs = [(int(m[i, j]), i, j) for i in range(len(m)) for j in range(len(m)) if i != j and m[i, j] > 0]
-    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
-    return [(class_names[i], class_names[j], n, n / int(m[i].sum())) for n, i, j in pairs[:k]]
+    flat = m.clone().fill_diagonal_(0).flatten()
+    n = len(m)
+    # a stable sort of the counts: ties in row-major order (true class, then predicted)
+    order = flat.argsort(descending=True, stable=True)[:k].tolist()
+    return [(class_names[f // n], class_names[f % n], int(flat[f]), int(flat[f]) / int(m[f // n].sum()))
+            for f in order if flat[f] > 0]

@@ -170,6 +170,8 @@ def evaluation_section(e: Evaluation, plots: bool) -> str:
     per_class = table(["class", "images", "correct", "accuracy", "95% interval", "precision"],
                       [[r["class"], r["images"], r["correct"], r["accuracy"], f"{r['low']:.2f}–{r['high']:.2f}",
                         r["precision"]] for r in per_class_rows(e.confusion, names)])
+    if len(names) > 30:  # a long table folds away (open it in the page)
+        per_class = f"<details><summary>{len(names)} classes</summary>{per_class}</details>"
     pairs = most_confused(e.confusion, names)
     pair_table = table(["true", "predicted as", "images", "share of true class"],
                        [[t, p, n, f"{s:.1%}"] for t, p, n, s in pairs]) if pairs else "<p>No confusions.</p>"
