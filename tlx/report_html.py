@@ -119,9 +119,9 @@ def curves_png(history: list[dict]) -> bytes:
     groups = curve_groups(history)
     cols = min(3, len(groups))
     rows = math.ceil(len(groups) / cols)
-    fig = new_figure(figsize=(4.2 * cols, 3.0 * rows), dpi=100)
     from matplotlib.ticker import MaxNLocator
 
+    fig = new_figure(figsize=(4.2 * cols, 3.0 * rows), dpi=100)
     for i, (panel, series) in enumerate(sorted(groups.items())):
         ax = fig.add_subplot(rows, cols, i + 1)
         for name, points in sorted(series.items()):
@@ -137,8 +137,6 @@ def curves_png(history: list[dict]) -> bytes:
 
 
 def curves_section(history: list[dict], plots: bool) -> str:
-    if not history:
-        return "<h2>Metric curves</h2><p class='muted'>No epoch finished in this run.</p>"
     names = sorted({k for row in history for k in row} - {"epoch", "step"})
     rows = [[row["epoch"], row["step"], *[row.get(n, float("nan")) for n in names]] for row in history]
     picture = img(curves_png(history), "metric curves") if plots else ""
@@ -217,7 +215,7 @@ def render_report(s: RunSummary) -> str:
         parts.append("<h2>Final metrics</h2>" + table(["metric", "value"], [[k, s.metrics[k]] for k in sorted(s.metrics, key=metric_order)]))
     if s.best:
         parts.append(f"<p>Best checkpoint: {html.escape(s.best[0])} (score {s.best[1]:.4g})</p>")
-    if s.history or "fit" in s.status:
+    if s.history:
         parts.append(curves_section(s.history, plots=missing is None))
     parts += [evaluation_section(e, plots=missing is None) for e in s.evaluations]
     if s.trainable:
