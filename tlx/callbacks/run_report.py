@@ -130,7 +130,8 @@ class RunReport(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self.clock.stop_all()
-        self.write(trainer, pl_module, f"stopped early ({type(exception).__name__}); this is what the run had")
+        if self.history or self.evaluations:  # a run that failed in its setup has nothing to show
+            self.write(trainer, pl_module, f"stopped early ({type(exception).__name__}); this is what the run had")
 
     # ---- collecting --------------------------------------------------------------------------
     def _record(self, trainer: Trainer, prefix: str) -> None:
