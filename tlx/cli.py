@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tlx import cli_checks, resume
-from tlx.callbacks import PredictionWriter
+from tlx.callbacks import PredictionWriter, RunReport
 from tlx.callbacks.finite_loss import StopOnNonFinite
 from tlx.callbacks.last_checkpoint import LastCheckpoint, received_signal, signal_exit_code
 from tlx.callbacks.random_state import RandomState
@@ -195,6 +195,8 @@ class TLXCLI(LightningCLI):
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        # report.html in the run folder after fit and test; --run_report.enabled false turns it off
+        parser.add_lightning_class_args(RunReport, "run_report")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         if args is None or isinstance(args, (list, tuple)):

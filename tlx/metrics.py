@@ -1,4 +1,4 @@
-"""Classification metrics (torchmetrics) and their TensorBoard renderings."""
+"""Classification metrics (torchmetrics) and their figures."""
 
 from __future__ import annotations
 
@@ -89,3 +89,28 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def per_class_rows(matrix: Tensor, class_names: list[str]) -> list[dict]:
+    """Per true class of a confusion matrix (rows: true): images, correct, accuracy (recall) with
+    its 95% Wilson interval, and precision (the share of that class's predictions that are right)."""
+    m = matrix.detach().cpu().long()
+    rows = []
+    for i, name in enumerate(class_names):
+        total, correct, predicted = int(m[i].sum()), int(m[i, i]), int(m[:, i].sum())
+        low, high = wilson_interval(correct, total)
+        rows.append({"class": name, "images": total, "correct": correct,
+                     "accuracy": correct / total if total else float("nan"), "low": low, "high": high,
+                     "precision": correct / predicted if predicted else float("nan")})
+    return rows
+
+
+def most_confused(matrix: Tensor, class_names: list[str], k: int = 10) -> list[tuple[str, str, int, float]]:
+    """The ``k`` largest off-diagonal counts: ``(true, predicted, count, share of the true class)``."""
+    m = matrix.detach().cpu().long()
+    flat = m.clone().fill_diagonal_(0).flatten()
+    n = len(m)
+    # a stable sort of the counts: ties in row-major order (true class, then predicted)
+    order = flat.argsort(descending=True, stable=True)[:k].tolist()
+    return [(class_names[f // n], class_names[f % n], int(flat[f]), int(flat[f]) / int(m[f // n].sum()))
+            for f in order if flat[f] > 0]

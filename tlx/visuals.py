@@ -1,4 +1,4 @@
-"""Rendering batches of images as labelled matplotlib figures (for TensorBoard and files)."""
+"""Rendering batches of images as labelled matplotlib figures (for the loggers and the run report)."""
 
 from __future__ import annotations
 
@@ -73,8 +73,17 @@ def image_grid_figure(
     return fig
 
 
+def figure_png(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes (a bare Figure renders with Agg, headless)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def figure_to_array(fig: Figure) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 rendering of ``fig`` (what TensorBoard will show)."""
+    """An ``(H, W, 3)`` uint8 rendering of ``fig`` (what the loggers show)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)

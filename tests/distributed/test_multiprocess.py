@@ -146,6 +146,8 @@ def test_two_process_ddp_on_cpu(tiny3, tmp_path):
     assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1
     assert (log_dir / "config.yaml").is_file() and (log_dir / "run.json").is_file()
     assert sorted(p.name for p in (log_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    # report.html: the confusion matrix counts both ranks' shards (5 + 4 validation images)
+    assert " of 9 images right" in (log_dir / "report.html").read_text()
 
     # The same checkpoint validated by one process gives the same figures as the 2 processes did.
     single = run_cli(["validate", "--config", str(exp), "--config", str(REPO / "configs/trainer/cpu.yaml"),

@@ -1,4 +1,4 @@
-"""TensorBoard grid of augmented training samples, exactly as the model receives them."""
+"""A grid of augmented training samples, exactly as the model receives them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from tlx.callbacks.tensorboard_images import class_name, preprocessing
-from tlx.tensorboard import add_figure, tensorboard_writers
+from tlx.figures import figure_loggers, log_figure
 from tlx.visuals import denormalize, image_grid_figure, never_fatal
 
 
@@ -31,7 +31,7 @@ class AugmentationPreview(Callback):
         self._drawn = False
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if batch_idx != 0 or not tensorboard_writers(trainer):
+        if batch_idx != 0 or not figure_loggers(trainer):
             return
         periodic = self.every_n_epochs > 0 and trainer.current_epoch % self.every_n_epochs == 0
         if self._drawn and not periodic:
@@ -48,5 +48,5 @@ class AugmentationPreview(Callback):
             titles = [class_name(pl_module, int(t)) for t in y]
         with never_fatal(self.tag):
             fig = image_grid_figure(denormalize(x, cfg.mean, cfg.std), titles)
-            add_figure(trainer, self.tag, fig, trainer.current_epoch)
+            log_figure(trainer, self.tag, fig, trainer.current_epoch)
         self._drawn = True

@@ -1,4 +1,4 @@
-"""TensorBoard gallery of validation predictions: image, predicted class, confidence, true class."""
+"""A gallery of validation predictions: image, predicted class, confidence, true class."""
 
 from __future__ import annotations
 

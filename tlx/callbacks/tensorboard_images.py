@@ -1,17 +1,15 @@
-"""Shared plumbing of the callbacks that draw images into TensorBoard."""
+"""Shared plumbing of the callbacks that draw images for the loggers (any logger: tlx.figures)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from tlx.preprocessing import Preprocessing, fed_preprocessing
-from tlx.tensorboard import add_figure
+from tlx.figures import log_figure
 from tlx.visuals import never_fatal
 
 if TYPE_CHECKING:
@@ -23,6 +21,16 @@ def preprocessing(trainer: Trainer, pl_module: LightningModule) -> Preprocessing
     return fed_preprocessing(pl_module, trainer.datamodule)
 
 
+def batch_logits(pl_module: LightningModule, outputs: Any, x: Tensor) -> Tensor:
+    """The logits of an evaluation batch: ``*_step``'s output when the model returns them (a
+    tensor, or a dict with ``logits``), else one more forward pass."""
+    logits = outputs.get("logits") if isinstance(outputs, dict) else outputs
+    if not isinstance(logits, Tensor) or logits.shape[0] != x.shape[0]:
+        with torch.no_grad():
+            logits = pl_module(x)
+    return logits
+
+
 def class_name(pl_module: LightningModule, index: int) -> str:
     names = getattr(pl_module, "class_names", None)
     return names[index] if names and 0 <= index < len(names) else str(index)
@@ -31,7 +39,7 @@ def class_name(pl_module: LightningModule, index: int) -> str:
 class ValidationImages(Callback):
     """Collects what a subclass needs from each validation epoch and draws it as a figure.
 
-    The figure goes to TensorBoard every ``every_n_epochs`` epochs (0: never periodically) and,
+    The figure goes to every logger (:func:`tlx.figures.log_figure`) every ``every_n_epochs`` epochs (0: never periodically) and,
     with ``at_fit_end``, once more at the end of fit for the last validation epoch when that one
     was not drawn already. The sanity check is never drawn. Logits come from ``validation_step``'s
     output when the model returns them, else from one more forward pass.
@@ -67,11 +75,7 @@ class ValidationImages(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         x, y = batch
-        logits = outputs.get("logits") if isinstance(outputs, dict) else outputs
-        if not isinstance(logits, Tensor) or logits.shape[0] != x.shape[0]:
-            with torch.no_grad():
-                logits = pl_module(x)
-        self.collect(x.detach(), y.detach(), logits.detach().float())
+        self.collect(x.detach(), y.detach(), batch_logits(pl_module, outputs, x).detach().float())
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -88,5 +92,5 @@ class ValidationImages(Callback):
         with never_fatal(self.tag):
             fig = self.render(trainer, pl_module)
             if fig is not None:
-                add_figure(trainer, self.tag, fig, self._collected_epoch)
+                log_figure(trainer, self.tag, fig, self._collected_epoch)
         self._drawn_epoch = self._collected_epoch

@@ -1,4 +1,4 @@
-"""TensorBoard grid of the validation images the model gets most wrong (fastai's plot_top_losses)."""
+"""A grid of the validation images the model gets most wrong (fastai's plot_top_losses)."""
 
 from __future__ import annotations
 

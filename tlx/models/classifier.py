@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from tlx.backbones import create_backbone
 from tlx.calibration import add_temperature, calibrated_probabilities
 from tlx.errors import DataError, TLXError
+from tlx.figures import figure_loggers, log_figure
 from tlx.heads import HeadFactory, LinearHead
 from tlx.inference import Images, Prediction, predict
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
@@ -23,7 +24,6 @@ from tlx.optim import ParamGroup, ParamGroupsProvider, optimizer_param_groups, s
 from tlx.options import check_options
 from tlx.plain import from_plain, to_plain
 from tlx.preprocessing import fed_preprocessing, resolve_preprocessing
-from tlx.tensorboard import add_figure, tensorboard_loggers
 from tlx.visuals import never_fatal
 
 log = logging.getLogger("tlx")
@@ -212,11 +212,11 @@ class ImageClassifier(LightningModule):
         details.reset()
         per_class = {f"{stage}/acc_class/{name}": v for name, v in zip(self.class_names, values["acc_per_class"])}
         self.log_dict(per_class, on_epoch=True)
-        if self.trainer.sanity_checking or not tensorboard_loggers(self.trainer):
+        if self.trainer.sanity_checking or not figure_loggers(self.trainer):
             return
         with never_fatal(f"{stage}/confusion_matrix"):
             fig = confusion_figure(values["confusion"], self.class_names)
-            add_figure(self.trainer, f"{stage}/confusion_matrix", fig, self.current_epoch, close=True)
+            log_figure(self.trainer, f"{stage}/confusion_matrix", fig, self.current_epoch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_details("val")
