@@ -228,7 +228,7 @@ def test_multilabel_training_uses_bce_logs_map_and_predicts_with_the_checkpoint_
     assert {r["labels"] for r in rows} == {"blue"} and all(0 <= float(r["red"]) <= 1 for r in rows)
 
 
-def test_a_multilabel_model_refuses_single_label_data_and_the_default_recipe_refuses_multilabel(tmp_path):
+def test_the_default_recipe_and_a_pinned_multiclass_model_refuse_multilabel_data(tmp_path):
     images = multilabel_images(tmp_path, n=2)
     labels = write_csv(tmp_path / "m.csv", ["path", "label"], [[p, ";".join(sorted(s))] for p, s in images])
     with pytest.raises(tlx.errors.TLXError, match="default recipe .* is for single-label data; .* --model tlx.models"):
