@@ -64,6 +64,8 @@ class ImageClassifier(LightningModule):
         data_config: the former name of ``preprocessing`` (deprecated; still read from checkpoints).
     """
 
+    task: str | None = None  # set in __init__; a subclass that skips it (an ensemble) is multiclass
+
     def __init__(
         self,
         backbone: str = "efficientnet_lite0",
@@ -116,7 +118,7 @@ class ImageClassifier(LightningModule):
     def _build_head(self) -> None:
         n = self.num_classes
         self.head = self.head_factory(self.feature_dim, n)
-        self.task = self.hparams["task"] = self.task or "multiclass"
+        self.task = self.task or "multiclass"
         if self.task == "multilabel":  # in the state dict, so in every checkpoint
             self.register_buffer("label_thresholds", torch.full((n,), DEFAULT_THRESHOLD))
             self.val_multilabel, self.test_multilabel = MultilabelMetrics(n), MultilabelMetrics(n)
@@ -150,7 +152,8 @@ class ImageClassifier(LightningModule):
         elif data_task is not None and data_task != self.task:
             raise DataError(f"The model's task is {self.task!r} but the data is {data_task!r}: set model.task: "
                             f"{data_task} (or use a checkpoint trained on {data_task} data).")
-        self.hparams["task"] = self.task
+        if "task" in self.hparams:  # a subclass without the argument (an ensemble) keeps its hparams loadable
+            self.hparams["task"] = self.task
         # data.preprocessing overrides the model's: record what the data really feeds the model,
         # so that the checkpoint (predict, export) preprocesses as training did.
         self.preprocessing = fed_preprocessing(self, datamodule)
