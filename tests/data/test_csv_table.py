@@ -263,6 +263,8 @@ def test_unknown_label_column_and_values_other_than_0_1(tmp_path):
         datamodule(csv_path=str(labels), label_columns=["red", "green"]).class_names
     with pytest.raises(DataError, match=r"l.csv line 3: label column 'blue' holds '2'; label columns hold 0 or 1"):
         datamodule(csv_path=str(labels), label_columns="*").class_names
+    with pytest.raises(DataError, match=r"Give data.label_separator .* or data.label_columns .*, not both"):
+        datamodule(csv_path=str(labels), label_columns="*", label_separator=";").class_names
 
 
 def test_a_row_whose_image_is_missing_is_named_with_its_line(tmp_path):

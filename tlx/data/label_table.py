@@ -100,6 +100,9 @@ def parse_rows(
 ) -> LabelTable:
     """Check the columns and every row; the labels as class indices or 0/1 vectors."""
     shown = ", ".join(repr(c) for c in columns)
+    if label_columns is not None and label_separator:
+        raise DataError("Give data.label_separator (labels joined in one column) or data.label_columns (one 0/1 "
+                        "column per label), not both.")
 
     def need(column: str, option: str) -> None:
         if column not in columns:
