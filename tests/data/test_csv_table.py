@@ -181,7 +181,8 @@ def test_multilabel_from_a_separator_or_from_01_columns(tmp_path):
 
 def test_multilabel_training_uses_bce_logs_map_and_predicts_with_the_checkpoint_thresholds(tmp_path, monkeypatch):
     images = multilabel_images(tmp_path / "data")
-    labels = write_csv(tmp_path / "data" / "labels.csv", ["path", "label"], [[p, ";".join(sorted(s))] for p, s in images])
+    labels = write_csv(tmp_path / "data" / "labels.csv", ["path", "label"],
+                       [[p, ";".join(sorted(s))] for p, s in images])
     import tlx.models.classifier as classifier
 
     calls = Counter()
@@ -210,7 +211,8 @@ def test_multilabel_training_uses_bce_logs_map_and_predicts_with_the_checkpoint_
         assert set(pred.labels) == set(above)
         assert list(pred.labels) == sorted(pred.labels, key=lambda n: -pred.probabilities[n])
     # The best checkpoint ranks val perfectly here, so its fitted thresholds give the true label sets.
-    assert float(ckpt["callbacks"][next(k for k in ckpt["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]) == 1.0
+    best_score = next(v for k, v in ckpt["callbacks"].items() if "ModelCheckpoint" in k)["best_model_score"]
+    assert float(best_score) == 1.0
     truth = {p: {n for n, v in zip(model.class_names, t) if v} for p, t in val}
     assert {p.path: set(p.labels) for p in preds} == truth
 

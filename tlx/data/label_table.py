@@ -53,7 +53,8 @@ class LabelTable:
 def read_csv_rows(csv_path: str | Path) -> tuple[list[str], list[Row]]:
     path = Path(csv_path)
     if not path.is_file():
-        raise DataError(f"data.csv_path {str(path)!r} does not exist (or is not a file): give the CSV of path,label rows.")
+        raise DataError(f"data.csv_path {str(path)!r} does not exist (or is not a file): give the CSV of "
+                        "path,label rows.")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(f)

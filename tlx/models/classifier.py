@@ -240,7 +240,8 @@ class ImageClassifier(LightningModule):
     def _evaluate_multilabel(self, logits: Tensor, y: Tensor, loss: Tensor, stage: str) -> None:
         # validation decides at 0.5 (its images fit the thresholds: see tlx/models/multilabel.py)
         thresholds = self.label_thresholds if stage == "test" else DEFAULT_THRESHOLD
-        (self.val_multilabel if stage == "val" else self.test_multilabel).update(self.probabilities(logits.float()), y, thresholds)
+        metrics = self.val_multilabel if stage == "val" else self.test_multilabel
+        metrics.update(self.probabilities(logits.float()), y, thresholds)
         mean_loss = self.val_loss if stage == "val" else self.test_loss
         mean_loss.update(loss, weight=len(logits))
         self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=True, batch_size=len(logits))
