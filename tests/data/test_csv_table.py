@@ -333,3 +333,20 @@ def test_export_finds_the_verification_images_of_a_csv_run(tmp_path):
     dm = _datamodule_from_checkpoint(str(next((tmp_path / "runs").rglob("best.ckpt"))))
     assert isinstance(dm, CsvDataModule) and len(dm.samples("val")) == 4
     assert np.all([Path(p).is_file() for p, _ in dm.samples("val")])
+
+
+def test_the_same_files_as_a_csv_train_exactly_as_the_class_folders_do(tiny_folder, tmp_path):
+    """The CSV module shares the folder module's loaders, transforms and seeded order: the same
+    samples in the same order give the same run, bit for bit."""
+    from tests.helpers import tiny_data, tiny_model, tiny_trainer
+
+    folders = tiny_data(tiny_folder, preprocessing=TINY_PREPROCESSING)
+    rows = [[p, folders.class_names[label], split] for split in ("train", "val") for p, label in folders.samples(split)]
+    labels = write_csv(tmp_path / "labels.csv", ["path", "label", "split"], rows)
+    table = datamodule(csv_path=str(labels), split_column="split")
+    results = []
+    for data in (folders, table):
+        trainer = tiny_trainer(tmp_path, max_epochs=2)
+        trainer.fit(tiny_model(seed=3), data)
+        results.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+    assert results[0] == results[1] and "val/acc" in results[0]
