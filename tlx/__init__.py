@@ -1,12 +1,13 @@
 """tlx: transfer learning for images, on PyTorch Lightning.
 
-Python API: build :class:`ImageClassifier` and :class:`ImageFolderDataModule`, fit them with a
+Python API: build :class:`ImageClassifier` and :class:`ImageFolderDataModule` (or
+:class:`CsvDataModule`), fit them with a
 Lightning ``Trainer``; ``model = tlx.load("best.ckpt")``; ``model.predict(images)``.
 """
 
-from tlx.data import ImageFolderDataModule
+from tlx.data import CsvDataModule, ImageFolderDataModule
 from tlx.inference import Prediction
 from tlx.models import ImageClassifier, load
 
 __version__ = "0.1.0"
-__all__ = ["ImageClassifier", "ImageFolderDataModule", "Prediction", "load", "__version__"]
+__all__ = ["CsvDataModule", "ImageClassifier", "ImageFolderDataModule", "Prediction", "load", "__version__"]

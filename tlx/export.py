@@ -32,6 +32,7 @@ from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError, TLXError
 from tlx.optional import require
+from tlx.plain import import_dotted
 from tlx.preprocessing import Preprocessing
 
 log = logging.getLogger("tlx")
@@ -94,16 +95,24 @@ def metadata(model: LightningModule, ckpt_path: str) -> dict[str, Any]:
 
 
 def _datamodule_from_checkpoint(ckpt_path: str) -> LightningDataModule | None:
-    """The ImageFolderDataModule the checkpoint was trained with, when its data is still on disk."""
-    from tlx.data import ImageFolderDataModule
+    """The data module the checkpoint was trained with (class folders or a CSV), when its data is still on disk."""
     from tlx.data.base import ImageDataModule
+    from tlx.data.labelled import LabelledImageDataModule
 
     hp = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
-    if not hp.get("root") or not Path(hp["root"]).is_dir():
-        return None
-    known = {*inspect.signature(ImageFolderDataModule).parameters, *inspect.signature(ImageDataModule).parameters}
     try:
-        return ImageFolderDataModule(**{k: v for k, v in hp.items() if k in known})
+        cls = import_dotted(hp.get("_class_path", "tlx.data.ImageFolderDataModule"), "checkpoint's data settings")
+    except TLXError:
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, LabelledImageDataModule)):
+        return None
+    data = hp.get("root") if hp.get("csv_path") is None else hp["csv_path"]
+    if not data or not Path(data).exists():
+        return None
+    known = {*inspect.signature(cls).parameters, *inspect.signature(LabelledImageDataModule).parameters,
+             *inspect.signature(ImageDataModule).parameters}
+    try:
+        return cls(**{k: v for k, v in hp.items() if k in known})
     except (TypeError, ValueError):
         return None
 
@@ -162,6 +171,9 @@ def export_checkpoint(
         modes = parse_modes(quantize)
         wanted += [] if "onnx" in wanted else ["onnx"]  # the quantized files are made from the fp32 ONNX
     _load_weights(model, ckpt_path)
+    if getattr(model, "task", None) == "multilabel":  # the exported graph ends in a softmax
+        raise ExportError(f"{ckpt_path} is a multi-label model: export writes softmax probabilities and does not "
+                          "support it yet; predict with python -m tlx predict or tlx.load(...).predict.")
     if quantize and "int8" in modes:  # refuse before the work
         from tlx.quantization.calibration import check_calibration_size
 

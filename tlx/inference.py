@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from tlx.calibration import calibrated_probabilities
 from tlx.data.datasets import image_files
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
@@ -30,12 +29,15 @@ Images = ImageInput | Sequence[ImageInput]
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's prediction: the top class, its probability, and every class's probability."""
+    """One image's prediction: the top class, its probability, and every class's probability.
+    ``labels``: the classes predicted, most probable first: the top class, or for a multi-label
+    model every class at or above its threshold (:mod:`tlx.models.multilabel`; possibly none)."""
 
     label: str
     probability: float
     probabilities: dict[str, float]
     path: str | None = None  # the file, when the image came from one
+    labels: tuple[str, ...] = ()
 
 
 def _expand(images: Images) -> tuple[list[ImageInput], bool]:
@@ -66,6 +68,14 @@ def _batches(items: list[ImageInput], size: int) -> Iterable[list[ImageInput]]:
         yield items[start:start + size]
 
 
+def _predicted_labels(model: "ImageClassifier", probs: torch.Tensor) -> tuple[str, ...]:
+    if model.task != "multilabel":
+        return (model.class_names[int(probs.argmax())],)
+    above = probs >= model.label_thresholds.cpu()  # as ImageClassifier.predict_step decides
+    picked = [i for i in probs.argsort(descending=True).tolist() if above[i]]
+    return tuple(model.class_names[i] for i in picked)
+
+
 @torch.inference_mode()
 def predict(model: "ImageClassifier", images: Images, batch_size: int = 32) -> Prediction | list[Prediction]:
     """Class probabilities for a PIL image or a path (one :class:`Prediction`), or for a list of them
@@ -82,7 +92,7 @@ def predict(model: "ImageClassifier", images: Images, batch_size: int = 32) -> P
             pils = [item.convert("RGB") if isinstance(item, Image.Image) else load_rgb(item, cfg.resize_size)
                     for item in chunk]
             x = torch.stack([transform(img) for img in pils]).to(device)
-            probs = calibrated_probabilities(model, model(x)).cpu()  # softmax(logits / T)
+            probs = model.probabilities(model(x).float()).cpu()
             for item, p in zip(chunk, probs):
                 top = int(p.argmax())
                 results.append(Prediction(
@@ -90,6 +100,7 @@ def predict(model: "ImageClassifier", images: Images, batch_size: int = 32) -> P
                     probability=float(p[top]),
                     probabilities={name: float(v) for name, v in zip(model.class_names, p)},
                     path=None if isinstance(item, Image.Image) else str(item),
+                    labels=_predicted_labels(model, p),
                 ))
     finally:
         model.train(was_training)

@@ -1,4 +1,5 @@
-"""Write ``predict`` results as a CSV: file, predicted class, probability."""
+"""Write ``predict`` results as a CSV: file, predicted class, probability (multi-label: file, the
+labels at or above their thresholds, and every label's probability)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output: CSV path; default ``<log dir>/predictions.csv``.
-        top_k: also write the k most likely classes and their probabilities.
+        top_k: also write the k most likely classes and their probabilities (single-label models).
+        label_separator: joins a multi-label model's predicted labels in the ``labels`` column.
     """
 
-    def __init__(self, output: str | None = None, top_k: int = 1):
+    def __init__(self, output: str | None = None, top_k: int = 1, label_separator: str = ";"):
         super().__init__(write_interval="epoch")
         self.output = output
         self.top_k = top_k
+        self.label_separator = label_separator
 
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: LightningModule, predictions: list[Any], batch_indices: Any
@@ -35,6 +38,9 @@ class PredictionWriter(BasePredictionWriter):
         index = torch.cat([b["index"] for b in batches])
         probs = torch.cat([b["probs"] for b in batches]).float()
         index, probs = trainer.strategy.all_gather(index), trainer.strategy.all_gather(probs)
+        multilabel = "chosen" in batches[0]  # a multi-label model's decisions (ImageClassifier.predict_step)
+        if multilabel:
+            chosen = trainer.strategy.all_gather(torch.cat([b["chosen"] for b in batches]).to(torch.uint8))
         if not trainer.is_global_zero:
             return
         index, probs = index.reshape(-1).cpu(), probs.reshape(-1, probs.shape[-1]).cpu()
@@ -42,14 +48,18 @@ class PredictionWriter(BasePredictionWriter):
         names = pl_module.class_names
         k = min(self.top_k, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
+        if multilabel:
+            header = ["file", "labels", *names]
+            chosen = chosen.reshape(probs.shape).cpu()
+        else:
+            header = ["file", "predicted_class", "probability"]
+            for j in range(1, k):
+                header += [f"class_{j + 1}", f"probability_{j + 1}"]
         path = Path(self.output or os.path.join(trainer.log_dir or ".", "predictions.csv"))
         path.parent.mkdir(parents=True, exist_ok=True)
         seen = set()
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            header = ["file", "predicted_class", "probability"]
-            for j in range(1, k):
-                header += [f"class_{j + 1}", f"probability_{j + 1}"]
             writer.writerow(header)
             for i in index.argsort().tolist():  # file order, whatever the ranks' order
                 n = int(index[i])
@@ -57,8 +67,12 @@ class PredictionWriter(BasePredictionWriter):
                     continue
                 seen.add(n)
                 row = [paths[n]]
-                for j in range(k):
-                    row += [names[int(top_i[i, j])], f"{float(top_p[i, j]):.6f}"]
+                if multilabel:  # the labels at or above their thresholds, most probable first; every probability
+                    order = [j for j in probs[i].argsort(descending=True).tolist() if chosen[i, j]]
+                    row += [self.label_separator.join(names[j] for j in order), *(f"{float(v):.6f}" for v in probs[i])]
+                else:
+                    for j in range(k):
+                        row += [names[int(top_i[i, j])], f"{float(top_p[i, j]):.6f}"]
                 writer.writerow(row)
         log.info("Wrote %d predictions to %s", len(seen), path)
         print(f"Predictions: {path}")

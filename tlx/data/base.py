@@ -33,6 +33,8 @@ class ImageDataModule(LightningDataModule):
             see :func:`tlx.preprocessing.resolve_preprocessing`.
     """
 
+    unsaved_arguments: tuple[str, ...] = ()  # Python objects (a DataFrame) that a checkpoint cannot hold
+
     def __init__(
         self,
         batch_size: int = 32,
@@ -50,7 +52,7 @@ class ImageDataModule(LightningDataModule):
         super().__init__()
         # Not in hparams: Lightning refuses model and data hparams of one name that differ, and the
         # model's hparams record the preprocessing in force (the checkpoint's single source).
-        self.save_hyperparameters(ignore=["preprocessing"])
+        self.save_hyperparameters(ignore=["preprocessing", *self.unsaved_arguments])
         check_options(self.hparams, "data")  # the subclass's options too (val_split, mixup_alpha, ...)
         # None until setup adopts the model's, unless data.preprocessing overrides it.
         self.preprocessing: Preprocessing | None = as_preprocessing(preprocessing, "data.preprocessing")

@@ -57,12 +57,13 @@ class DomainAdaptationClassifier(ImageClassifier):
         bottleneck_dim: int | None = 256,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         no_decay_norm_bias: bool = True,
+        task: Literal["multiclass"] | None = None,
     ):
         # The head is built below, once the bottleneck (its input) and the objective exist.
         with warnings.catch_warnings():  # "objective is an nn.Module": replaced by plain data below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             super().__init__(backbone, weights, weights_path, backbone_kwargs, head, None, optimizer, lr_scheduler,
-                             label_smoothing, preprocessing, data_config, lr_scheduler_interval, no_decay_norm_bias)
+                             label_smoothing, preprocessing, data_config, lr_scheduler_interval, no_decay_norm_bias, task)
         self.objective = _objective_from(objective)
         # Plain data in the hyperparameters: checkpoints load with weights_only=True.
         self.hparams["objective"] = self.objective.describe()

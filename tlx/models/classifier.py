@@ -20,6 +20,7 @@ from tlx.figures import figure_loggers, log_figure
 from tlx.heads import HeadFactory, LinearHead
 from tlx.inference import Images, Prediction, predict
 from tlx.metrics import confusion_figure, per_class_metrics, scalar_metrics
+from tlx.models.multilabel import DEFAULT_THRESHOLD, MultilabelMetrics, chosen, multilabel_loss
 from tlx.optim import ParamGroup, ParamGroupsProvider, optimizer_param_groups, scale_learning_rates
 from tlx.options import check_options
 from tlx.plain import from_plain, to_plain
@@ -42,6 +43,9 @@ class ImageClassifier(LightningModule):
         head: the classifier head, called as ``head(num_features, num_classes)``; default
             :class:`~tlx.heads.LinearHead`.
         class_names: filled in from the data (and stored in checkpoints); set it only to pin them.
+        task: ``multiclass`` (softmax, cross-entropy) or ``multilabel`` (a sigmoid per class, binary
+            cross-entropy, mAP/F1, per-class thresholds fitted on validation: :mod:`tlx.models.multilabel`);
+            filled in from the data (:class:`~tlx.data.CsvDataModule` says which) and stored in checkpoints.
         optimizer: called with named parameter groups: the trainable parameters (``all``), or
             the groups of the fine-tuning strategy in ``trainer.callbacks`` (which sets
             :attr:`param_groups_provider`), each group's LR scaled by its ``lr_scale``; default
@@ -61,6 +65,8 @@ class ImageClassifier(LightningModule):
         data_config: the former name of ``preprocessing`` (deprecated; still read from checkpoints).
     """
 
+    task: str | None = None  # set in __init__; a subclass that skips it (an ensemble) is multiclass
+
     def __init__(
         self,
         backbone: str = "efficientnet_lite0",
@@ -76,6 +82,7 @@ class ImageClassifier(LightningModule):
         data_config: dict[str, Any] | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         no_decay_norm_bias: bool = True,
+        task: Literal["multiclass", "multilabel"] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -100,6 +107,7 @@ class ImageClassifier(LightningModule):
         self.param_groups_provider: ParamGroupsProvider | None = None
         self.lr_factor = 1.0
         self.class_names = list(class_names) if class_names else None
+        self.task = task
         self.head: torch.nn.Module | None = None
         add_temperature(self)  # T of temperature scaling (tlx.callbacks.TemperatureScaling); 1 until fitted
         if self.class_names:
@@ -112,11 +120,16 @@ class ImageClassifier(LightningModule):
     def _build_head(self) -> None:
         n = self.num_classes
         self.head = self.head_factory(self.feature_dim, n)
-        self.train_acc = scalar_metrics(n, "train/")["acc"]
-        self.val_metrics = scalar_metrics(n, "val/")
-        self.test_metrics = scalar_metrics(n, "test/")
-        self.val_details = per_class_metrics(n)
-        self.test_details = per_class_metrics(n)
+        self.task = self.task or "multiclass"
+        if self.task == "multilabel":  # in the state dict, so in every checkpoint
+            self.register_buffer("label_thresholds", torch.full((n,), DEFAULT_THRESHOLD))
+            self.val_multilabel, self.test_multilabel = MultilabelMetrics(n), MultilabelMetrics(n)
+        else:
+            self.train_acc = scalar_metrics(n, "train/")["acc"]
+            self.val_metrics = scalar_metrics(n, "val/")
+            self.test_metrics = scalar_metrics(n, "test/")
+            self.val_details = per_class_metrics(n)
+            self.test_details = per_class_metrics(n)
         # Evaluation loss as a metric: summed over ranks under DDP, so it equals the single-process
         # mean also when shards differ in size (sync_dist would average the ranks' means).
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -135,6 +148,14 @@ class ImageClassifier(LightningModule):
                 "a checkpoint only fits data with the same class folders."
             )
         self.hparams["class_names"] = self.class_names
+        data_task = getattr(datamodule, "task", None)  # multiclass / multilabel: the one place it is adopted
+        if self.task is None:
+            self.task = data_task
+        elif data_task is not None and data_task != self.task:
+            raise DataError(f"The model's task is {self.task!r} but the data is {data_task!r}: set model.task: "
+                            f"{data_task} (or use a checkpoint trained on {data_task} data).")
+        if "task" in self.hparams:  # a subclass without the argument (an ensemble) keeps its hparams loadable
+            self.hparams["task"] = self.task
         # data.preprocessing overrides the model's: record what the data really feeds the model,
         # so that the checkpoint (predict, export) preprocesses as training did.
         self.preprocessing = fed_preprocessing(self, datamodule)
@@ -179,17 +200,30 @@ class ImageClassifier(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        loss = self.loss(logits, y, self.hparams.label_smoothing)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         if y.ndim == 1:  # hard labels (MixUp/CutMix give soft ones, where accuracy means little)
             self.train_acc(logits, y)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
+    def loss(self, logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        if self.task == "multilabel":
+            return multilabel_loss(logits, y, label_smoothing)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Class probabilities: ``softmax(logits / T)`` over the classes (T: temperature scaling, 1 until
+        fitted), or for multi-label a sigmoid per class (its thresholds are its calibration)."""
+        return logits.float().sigmoid() if self.task == "multilabel" else calibrated_probabilities(self, logits)
+
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.loss(logits, y)
+        if self.task == "multilabel":
+            self._evaluate_multilabel(logits, y, loss, stage)
+            return logits
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics(logits / self.temperature, y)  # the arg-max metrics do not change; ece is of the calibrated model
         (self.val_details if stage == "val" else self.test_details).update(logits, y)
@@ -206,7 +240,26 @@ class ImageClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._evaluate(batch, "test")
 
+    def _evaluate_multilabel(self, logits: Tensor, y: Tensor, loss: Tensor, stage: str) -> None:
+        # validation decides at 0.5 (its images fit the thresholds: see tlx/models/multilabel.py)
+        thresholds = self.label_thresholds if stage == "test" else DEFAULT_THRESHOLD
+        metrics = self.val_multilabel if stage == "val" else self.test_multilabel
+        metrics.update(self.probabilities(logits.float()), y, thresholds)
+        mean_loss = self.val_loss if stage == "val" else self.test_loss
+        mean_loss.update(loss, weight=len(logits))
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=True, batch_size=len(logits))
+
+    def _log_multilabel(self, stage: str) -> None:
+        metrics = self.val_multilabel if stage == "val" else self.test_multilabel
+        self.log_dict(metrics.compute(f"{stage}/", self.class_names), on_epoch=True)
+        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.label_thresholds.copy_(metrics.best_thresholds())
+        metrics.reset()
+
     def _log_details(self, stage: str) -> None:
+        if self.task == "multilabel":
+            self._log_multilabel(stage)
+            return
         details = self.val_details if stage == "val" else self.test_details
         values = details.compute()
         details.reset()
@@ -228,8 +281,12 @@ class ImageClassifier(LightningModule):
         x, index = batch
         if x.ndim == 5:  # test-time augmentation: (B, views, C, H, W); average the views' probabilities
             b, v = x.shape[:2]
-            return {"index": index, "probs": calibrated_probabilities(self, self(x.flatten(0, 1))).view(b, v, -1).mean(dim=1)}
-        return {"index": index, "probs": calibrated_probabilities(self, self(x))}
+            probs = self.probabilities(self(x.flatten(0, 1))).view(b, v, -1).mean(dim=1)
+        else:
+            probs = self.probabilities(self(x))
+        if self.task == "multilabel":  # every label at or above its threshold
+            return {"index": index, "probs": probs, "chosen": chosen(probs, self.label_thresholds)}
+        return {"index": index, "probs": probs}
 
     def predict(self, images: Images, batch_size: int = 32) -> Prediction | list[Prediction]:
         """Class names and probabilities for a PIL image or a path (one :class:`~tlx.inference.Prediction`),

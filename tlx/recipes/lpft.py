@@ -128,6 +128,9 @@ class LinearProbeFinetune(FinetuneStrategy):
         dm = trainer.datamodule
         if dm is None or not all(hasattr(dm, a) for a in ("samples", "eval_dataset")):
             raise FinetuningError("LinearProbeFinetune needs an ImageFolderDataModule (samples(), eval_dataset()).")
+        if getattr(dm, "task", None) == "multilabel":  # the probe is a softmax one, picked by accuracy
+            raise FinetuningError("The default recipe (LinearProbeFinetune) is for single-label data; for multi-label "
+                                  "data name a model: add --model tlx.models.ImageClassifier (or a config with a model).")
         n_train = len(dm.samples("train"))
         batch = int(dm.hparams.get("batch_size", 32))
         if self.bn_rule:
