@@ -350,3 +350,14 @@ def test_the_same_files_as_a_csv_train_exactly_as_the_class_folders_do(tiny_fold
         trainer.fit(tiny_model(seed=3), data)
         results.append({k: float(v) for k, v in trainer.callback_metrics.items()})
     assert results[0] == results[1] and "val/acc" in results[0]
+
+
+def test_temperature_scaling_refuses_a_multilabel_run_before_training(tmp_path):
+    images = multilabel_images(tmp_path / "data", n=2)
+    labels = write_csv(tmp_path / "data" / "labels.csv", ["path", "label"],
+                       [[p, ";".join(sorted(s))] for p, s in images])
+    temperature = REPO / "configs" / "callbacks" / "temperature.yaml"
+    with pytest.raises(tlx.errors.TLXError, match="multi-label model's per-label thresholds.*remove the callback"):
+        run_cli(tiny_csv_fit_args(labels, tmp_path / "runs", extra=[
+            "--data.init_args.label_separator=;", "--config", str(temperature)]))
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))  # refused before any training

@@ -37,6 +37,13 @@ class TemperatureScaling(Callback):
         self.max_iter = max_iter
         self.report: CalibrationReport | None = None
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # refused before training, not after it: a multi-label model's calibration is its thresholds
+        if getattr(pl_module, "task", None) == "multilabel":
+            raise TLXError("TemperatureScaling calibrates a softmax over classes; a multi-label model's per-label "
+                           "thresholds, fitted on validation, are its calibration: remove the callback "
+                           "(configs/callbacks/temperature.yaml) from this run.")
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not isinstance(getattr(pl_module, "temperature", None), Tensor):
             raise TLXError(f"TemperatureScaling needs a tlx classifier (a `temperature` buffer); "
