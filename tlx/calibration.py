@@ -27,11 +27,12 @@ def add_temperature(module: nn.Module) -> None:
     """Give ``module`` a ``temperature`` buffer (1.0), kept in its state_dict; a state_dict without
     it (a checkpoint from before calibration existed) loads as ``T = 1``."""
     module.register_buffer("temperature", torch.ones(()))
+    module.register_load_state_dict_pre_hook(_temperature_if_missing)
 
-    def fill_missing(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        state_dict.setdefault(prefix + "temperature", torch.ones(()))
 
-    module.register_load_state_dict_pre_hook(fill_missing)
+def _temperature_if_missing(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    # module level, not a closure: ddp_spawn pickles the model with its hooks
+    state_dict.setdefault(prefix + "temperature", torch.ones(()))
 
 
 def calibrated_probabilities(model: nn.Module, logits: Tensor) -> Tensor:
