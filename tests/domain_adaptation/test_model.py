@@ -168,3 +168,18 @@ def test_export_keeps_the_bottleneck(two_domains, tmp_path):
                              verify_images=str(target / "cat"), num_verify=3)
     assert len(meta["verification"]["images"]) == 3
     assert max(meta["verification"]["max_abs_diff"].values()) <= 1e-4
+
+
+def test_feature_dropout_acts_in_training_only_and_keeps_the_bottleneck_keys():
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, feature_dropout=0.5,
+                                       class_names=["cat", "dog"])
+    x = torch.rand(2, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model.features(x), model.bottleneck(model.backbone(x)))
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.feature_dropout(torch.ones(1000))
+    assert 0.35 < (dropped == 0).float().mean().item() < 0.65
+    # The checkpoint layout of models trained before the option existed.
+    keys = set(model.state_dict())
+    assert {"bottleneck.0.weight", "bottleneck.1.running_mean"} <= keys

@@ -37,6 +37,10 @@ class DomainAdaptationClassifier(ImageClassifier):
             source-only.
         bottleneck_dim: width of a Linear-BatchNorm-ReLU layer between the backbone and the head,
             where the features are aligned (as in the reference implementations); ``null``: none.
+        feature_dropout: dropout on the backbone's features, before the bottleneck. Without it the
+            bottleneck (BatchNorm rescales every direction of the features, the source-specific ones
+            too) fits the source and loses target accuracy: on frozen Lite0 features, source-only
+            A->W 70.1 without, 77.2 with 0.5 (issue 14).
         The other arguments are those of ``ImageClassifier``.
     """
 
@@ -55,6 +59,7 @@ class DomainAdaptationClassifier(ImageClassifier):
         data_config: dict[str, Any] | None = None,
         objective: Objective | None = None,
         bottleneck_dim: int | None = 256,
+        feature_dropout: float = 0.5,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         no_decay_norm_bias: bool = True,
     ):
@@ -68,6 +73,8 @@ class DomainAdaptationClassifier(ImageClassifier):
         self.hparams["objective"] = self.objective.describe()
         self.bottleneck_dim = bottleneck_dim
         width = self.backbone.num_features
+        # Its own module, not the bottleneck's first layer: the bottleneck's state_dict keys stay.
+        self.feature_dropout = nn.Dropout(feature_dropout)
         self.bottleneck = (
             nn.Sequential(nn.Linear(width, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU())
             if bottleneck_dim
@@ -83,10 +90,10 @@ class DomainAdaptationClassifier(ImageClassifier):
         return self.bottleneck_dim or self.backbone.num_features
 
     def features(self, x: Tensor) -> Tensor:
-        return self.bottleneck(super().features(x))
+        return self.bottleneck(self.feature_dropout(super().features(x)))
 
     def feature_network(self) -> nn.Module:
-        return nn.Sequential(self.backbone, self.bottleneck)
+        return nn.Sequential(self.backbone, self.feature_dropout, self.bottleneck)
 
     def _build_head(self) -> None:
         super()._build_head()
