@@ -47,6 +47,8 @@ def test_fit_each_objective_validates_on_target(two_domains, tmp_path, fragment)
     assert trainer.global_step == 3
     metrics = trainer.callback_metrics
     assert "val/acc" in metrics and torch.isfinite(metrics["train/transfer_loss_epoch"])
+    # The label-free selection criteria, over all 6 target images (tlx.domain_adaptation.selection).
+    assert torch.isfinite(metrics["val/snd"]) and 0 <= metrics["val/entropy"] <= torch.log(torch.tensor(2.0)) + 1e-4
     # The objective's own state (discriminators, random maps) is the model's: optimised, checkpointed.
     own = {k for k in model.state_dict() if k.startswith("objective.")}
     assert own == {f"objective.{k}" for k in objective.state_dict()}

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import CatMetric
 
 from tlx.compat import attached_trainer
 from tlx.domain_adaptation.objectives import DomainBatch, Objective, SourceOnly
+from tlx.domain_adaptation.selection import prediction_entropy, soft_neighborhood_density
 from tlx.errors import TLXError
 from tlx.heads import HeadFactory
 from tlx.models import ImageClassifier
@@ -29,7 +31,11 @@ class DomainAdaptationClassifier(ImageClassifier):
     Each training step runs the source and the target batch through the network together, then
     adds the objective's loss (e.g. DANN's domain loss) to the source cross-entropy, which the
     objective may re-weight per sample (instance weighting). Validation, testing and prediction
-    are those of ``ImageClassifier``. Use with :class:`~tlx.domain_adaptation.DomainAdaptationDataModule`.
+    are those of ``ImageClassifier``, and each validation also logs ``val/snd`` and ``val/entropy``,
+    criteria that need no labels (:mod:`tlx.domain_adaptation.selection`): on the target when it is
+    the validation set (target class folders), so a checkpoint can be chosen without its labels
+    (``checkpoint.monitor: val/snd`` in configs/domain_adaptation/office31.yaml).
+    Use with :class:`~tlx.domain_adaptation.DomainAdaptationDataModule`.
 
     Args:
         objective: a :class:`~tlx.domain_adaptation.objectives.Objective` (``SourceOnly``,
@@ -98,6 +104,22 @@ class DomainAdaptationClassifier(ImageClassifier):
     def _build_head(self) -> None:
         super()._build_head()
         self.objective.build(self.feature_dim, self.num_classes)
+        # Every validation prediction (of all ranks, under DDP) for the label-free criteria.
+        self.val_probs = CatMetric()
+
+    # ---- validation: label-free model selection ------------------------------------------------
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        logits = super().validation_step(batch, batch_idx)
+        self.val_probs.update(logits.detach().float().softmax(dim=1))
+        return logits
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.val_probs.update_count == 0:
+            return
+        probs = self.val_probs.compute()
+        self.val_probs.reset()
+        self.log_dict({"val/snd": soft_neighborhood_density(probs), "val/entropy": prediction_entropy(probs)})
 
     # ---- training ----------------------------------------------------------------------------
     @property
