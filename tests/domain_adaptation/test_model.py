@@ -130,7 +130,9 @@ def test_office31_config_runs_on_real_data_and_weights(tmp_path):
     ])
     assert len(cli.model.class_names) == 31 and cli.trainer.global_step == 2
     assert cli.model.objective.discriminator[0].in_features == 1024  # 256 x 31 is randomized
-    assert "val/acc" in cli.trainer.callback_metrics
+    assert "val/acc" in cli.trainer.callback_metrics and "val/snd" in cli.trainer.callback_metrics
+    # A fixed budget: the target's labels (val/acc, the CLI's default monitor) choose no checkpoint.
+    assert cli.trainer.checkpoint_callback.monitor is None
 
 
 def test_predict_runs_on_the_target_images(two_domains, tmp_path):

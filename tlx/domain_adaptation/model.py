@@ -34,7 +34,7 @@ class DomainAdaptationClassifier(ImageClassifier):
     are those of ``ImageClassifier``, and each validation also logs ``val/snd`` and ``val/entropy``,
     criteria that need no labels (:mod:`tlx.domain_adaptation.selection`): on the target when it is
     the validation set (target class folders), so a checkpoint can be chosen without its labels
-    (``checkpoint.monitor: val/snd`` in configs/domain_adaptation/office31.yaml).
+    (``--checkpoint.monitor val/snd --checkpoint.mode max``).
     Use with :class:`~tlx.domain_adaptation.DomainAdaptationDataModule`.
 
     Args:
