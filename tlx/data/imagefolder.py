@@ -159,8 +159,8 @@ class ImageFolderDataModule(ResumableTrainData, ImageDataModule):
             if self.hparams.verify_images:  # a bad file is skipped and named, not a lost predict run
                 self.predict_paths = readable_paths(self.predict_paths, "predict")
 
-    def train_dataset(self, split: str = "train") -> LabelledImages:
-        return self._dataset(split, self.train_transform())
+    def train_dataset(self) -> LabelledImages:
+        return self._dataset("train", self.train_transform())
 
     def eval_dataset(self, split: str) -> LabelledImages:
         return self._dataset(split, self.eval_transform())

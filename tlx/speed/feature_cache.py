@@ -50,6 +50,11 @@ def train_splits(dm: Any) -> tuple[str, ...]:
     return tuple(getattr(dm, "train_splits", ("train",)))
 
 
+def train_dataset(dm: Any, split: str) -> Any:
+    """The augmented dataset of a training split (a one-split module's ``train_dataset()`` takes none)."""
+    return dm.train_dataset() if split == "train" else dm.train_dataset(split)
+
+
 class FeatureCache(Callback):
     """Train the head of a frozen backbone on features computed once, or with ``cut`` the top
     stages and the head on a frozen bottom's activations (see the module docs).
@@ -57,9 +62,9 @@ class FeatureCache(Callback):
     Needs a frozen backbone (add :class:`tlx.finetuning.FreezeBackbone`, ``train_bn: false``),
     unless ``cut`` is given (list this callback after any fine-tuning strategy then, so that the
     bottom it freezes in ``setup`` stays frozen), and an :class:`~tlx.data.ImageFolderDataModule` (anything with ``eval_dataset(split)``,
-    ``train_dataset(split)`` and ``serve_features``/``serve_images``). A data module with several
-    training splits (``train_splits``: a domain-adaptation module's ``source`` and ``target``)
-    gets one cached loader per split, each with its augmented views.
+    ``train_dataset()`` and ``serve_features``/``serve_images``). A data module with several
+    training splits (``train_splits``: a domain-adaptation module's ``source`` and ``target``, with
+    ``train_dataset(split)``) gets one cached loader per split, each with its augmented views.
 
     Args:
         augmented_views: random training views (crop, flip, ... of the data module) computed per
@@ -163,7 +168,7 @@ class FeatureCache(Callback):
         if split in train_splits(dm) and self.augmented_views:
             # random views depend on the augmentation, and on cache_images (crops of the shrunk image)
             augment = {k: hp.get(k) for k in ("crop_scale", "hflip", "auto_augment", "cache_images")}
-            parts.append((lambda: dm.train_dataset(split), self.augmented_views,
+            parts.append((lambda: train_dataset(dm, split), self.augmented_views,
                           dict(data, view="train", augment=augment)))
         memory_key = tuple(features_cache_key(backbone, key, v, common["precision"]) for _, v, key in parts)
         if memory_key in self._memory:
