@@ -1,28 +1,41 @@
-"""Target accuracy of each domain-adaptation method on Office-31, same backbone and budget.
+"""Target accuracy of each domain-adaptation method, same backbone and budget, on every task
+between the domains of a data root (Office-31's amazon, webcam, dslr: whichever are there).
+
+A domain is a sub-folder of ``--data-root`` holding class folders; a task is an ordered pair of
+domains (``a2w``: labelled amazon, unlabelled webcam), every pair by default.
 
 Two budgets:
 
-* ``--mode features`` (default, CPU-friendly): the packaged EfficientNet-Lite0 stays frozen; its
-  pooled features of every image (centre crop, ``--image-size``) are computed once and cached,
-  then ``DomainAdaptationClassifier`` trains bottleneck, head and the objective's own modules on
-  them for ``--steps`` steps (source and target batch each step), through Lightning.
+* ``--mode features`` (default, CPU-friendly): the backbone stays frozen; its pooled features of
+  every image (centre crop, ``--image-size``) are computed once and cached on disk, keyed by the
+  weights, the files and the preprocessing; then ``DomainAdaptationClassifier`` trains dropout,
+  bottleneck, head and the objective's own modules on them for ``--steps`` steps (a source and a
+  target batch each step), through Lightning. A logistic-regression probe on the same source
+  features (L2 as scikit-learn's default, C=1) is printed beside the methods as a reference
+  floor: source-only should not be below it.
 * ``--mode finetune``: the real pipeline, ``python -m tlx fit`` with
-  configs/domain_adaptation/{office31,<task>,objectives/<method>}.yaml and ``--trainer.max_steps``;
+  configs/domain_adaptation/{office31,objectives/<method>}.yaml and ``--trainer.max_steps``;
   the whole network trains.
 
 The methods are the fragments in configs/domain_adaptation/objectives/ (a new objective is picked
 up by adding its fragment), each objective built as its fragment says.
 
-Either way every method gets the same seeds, steps, batch size and optimiser; the printed number
-is top-1 accuracy on all target images (their labels are never used for training).
+Every method gets the same seeds, steps, batch size and optimiser. Two accuracies are printed, on
+all target images: at the last step, and at the validation (every ``--val-every`` steps) with the
+highest soft neighbourhood density of the target predictions (``val/snd``,
+:mod:`tlx.domain_adaptation.selection`): a checkpoint chosen without target labels. The target's
+labels serve only to print accuracy; nothing is chosen by them.
 
-    nice -n 10 python scripts/domain_adaptation_report.py --tasks a2w --seeds 0 1 2
+    nice -n 10 python scripts/domain_adaptation_report.py --tasks a2w w2a --seeds 0 1 2
+    python scripts/domain_adaptation_report.py --data-root /data/office31   # all six tasks with dslr
     python scripts/domain_adaptation_report.py --mode finetune --tasks a2w w2a --steps 2000  # GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import logging
 import statistics
 import sys
@@ -31,7 +44,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule, Trainer, seed_everything
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -42,29 +56,60 @@ sys.path.insert(0, str(REPO))
 from tlx.backbones import create_backbone  # noqa: E402
 from tlx.backbones.base import Backbone  # noqa: E402
 from tlx.data.datasets import LabelledImages  # noqa: E402
-from tlx.data.folders import scan_class_folders  # noqa: E402
+from tlx.data.folders import files_digest, scan_class_folders  # noqa: E402
 from tlx.data.transforms import eval_transform  # noqa: E402
-from tlx.domain_adaptation.objectives import Objective  # noqa: E402
 from tlx.domain_adaptation.model import DomainAdaptationClassifier  # noqa: E402
+from tlx.domain_adaptation.objectives import Objective  # noqa: E402
+from tlx.errors import DataError  # noqa: E402
+from tlx.features.digest import content_key, weights_digest  # noqa: E402
 from tlx.preprocessing import Preprocessing  # noqa: E402
 
 from scripts.fragments import OBJECTIVES, fragments, instantiate, read  # noqa: E402
 
 OFFICE31 = (REPO / ".." / "shared" / "data" / "office31").resolve()
-TASKS = {"a2w": ("amazon", "webcam"), "w2a": ("webcam", "amazon")}
 METHODS = fragments(OBJECTIVES)  # name -> its fragment
+PROBE = "logistic_probe"
+
+
+# ---- domains and tasks -----------------------------------------------------------------------
+def find_domains(root: Path) -> list[str]:
+    """The sub-folders of ``root`` that hold class folders, sorted."""
+    if not root.is_dir():
+        raise DataError(f"--data-root {str(root)!r} is not a folder: point it at a folder of domains.")
+    domains = sorted(p.name for p in root.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and any(c.is_dir() for c in p.iterdir()))
+    if len(domains) < 2:
+        raise DataError(f"--data-root {str(root)!r} holds {len(domains)} domain(s) ({', '.join(domains) or 'none'}): "
+                        "a task needs two sub-folders of class folders (e.g. amazon/, webcam/).")
+    return domains
+
+
+def task_names(domains: list[str]) -> dict[str, tuple[str, str]]:
+    """Every ordered pair of domains, named by first letters when they differ (``a2w``), else in full."""
+    short = len({d[0] for d in domains}) == len(domains)
+    name = (lambda d: d[0]) if short else (lambda d: d)
+    return {f"{name(s)}2{name(t)}": (s, t) for s, t in itertools.permutations(domains, 2)}
 
 
 # ---- features mode ---------------------------------------------------------------------------
-def cached_features(domain: str, size: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    path = cache / f"office31_{domain}_lite0_{size}.pt"
+def cached_features(domain: str, args) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Pooled features of every image of ``domain`` (centre crop), computed once per content key."""
+    return _features(args.data_root / domain, args.backbone, args.weights, args.image_size, args.cache)
+
+
+@functools.cache  # once per process: every method and seed reads the same tensors
+def _features(folder: Path, spec: str, weights: str | None, size: int, cache: Path):
+    torch.manual_seed(0)  # without pretrained weights: the same random network for every domain
+    backbone = create_backbone(spec, weights=weights).eval()
+    base = backbone.preprocessing
+    cfg = Preprocessing(size, int(size / 0.875), base.interpolation, base.mean, base.std)
+    domain = folder.name
+    scan = scan_class_folders(folder, domain)
+    key = content_key(weights=weights_digest(backbone), files=files_digest(scan.samples), preprocessing=cfg.to_dict())
+    path = cache / f"{domain}_{key}.pt"
     if path.is_file():
         d = torch.load(path, weights_only=True)
         return d["features"], d["labels"], d["classes"]
-    backbone = create_backbone("efficientnet_lite0", weights="DEFAULT").eval()
-    base = backbone.preprocessing
-    cfg = Preprocessing(size, int(size / 0.875), base.interpolation, base.mean, base.std)
-    scan = scan_class_folders(OFFICE31 / domain, domain)
     data = LabelledImages(scan.samples, eval_transform(cfg), cfg.resize_size)
     feats, labels = [], []
     t0 = time.time()
@@ -100,62 +145,140 @@ class FeatureDomains(LightningDataModule):
         return DataLoader(TensorDataset(*self.target), 256)
 
 
-def run_features(task: str, method: str, seed: int, args) -> float:
-    src, tgt = TASKS[task]
-    xs, ys, classes = cached_features(src, args.image_size, args.cache)
-    xt, yt, _ = cached_features(tgt, args.image_size, args.cache)
+class Validations(Callback):
+    """Step, accuracy and the label-free criteria of every validation of a fit."""
+
+    def __init__(self):
+        self.rows: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer, pl_module):  # after the model's own epoch-end logging
+        m = trainer.callback_metrics
+        self.rows.append({"step": trainer.global_step, "acc": float(m["val/acc"]), "snd": float(m["val/snd"])})
+
+
+def outcome(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Accuracy at the last validation and at the one with the highest SND (the first, on ties)."""
+    chosen = max(rows, key=lambda r: r["snd"])
+    return {"final": rows[-1]["acc"], "selected": chosen["acc"], "selected_step": chosen["step"]}
+
+
+def logistic_probe(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor) -> float:
+    """Multinomial logistic regression on the source features, L-BFGS to convergence, L2 as
+    scikit-learn's default (C=1: ``||W||^2 / (2 n)`` beside the mean cross-entropy); target accuracy."""
+    torch.manual_seed(0)
+    lin = nn.Linear(xs.shape[1], int(ys.max()) + 1)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=500, history_size=10, line_search_fn="strong_wolfe")
+    l2 = 0.5 / len(xs)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(xs), ys) + l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((lin(xt).argmax(1) == yt).float().mean())
+
+
+def run_features(task: tuple[str, str], method: str, seed: int, args) -> dict[str, float]:
+    xs, ys, classes = cached_features(task[0], args)
+    xt, yt, _ = cached_features(task[1], args)
+    if method == PROBE:
+        acc = logistic_probe(xs, ys, xt, yt)
+        return {"final": acc, "selected": acc, "selected_step": 0}
     seed_everything(seed, verbose=False)
     model = DomainAdaptationClassifier(
-        backbone="efficientnet_lite0", class_names=classes,
+        backbone=args.backbone, weights=None, class_names=classes,
         objective=instantiate(read(METHODS[method], "model", "init_args", "objective"), Objective),
         optimizer=lambda p: torch.optim.SGD(p, lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True),
         lr_scheduler=None,
     )
     # The frozen backbone ran once, above: here it is the identity over its cached output.
-    model.backbone = Backbone(nn.Identity(), xs.shape[1], model.preprocessing, "efficientnet_lite0 (cached)")
+    model.backbone = Backbone(nn.Identity(), xs.shape[1], model.preprocessing, f"{args.backbone} (cached)")
+    validations = Validations()
     trainer = Trainer(
         max_steps=args.steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        val_check_interval=min(args.val_every, args.steps), check_val_every_n_epoch=None, callbacks=[validations],
     )
-    data = FeatureDomains((xs, ys), (xt, yt), args.batch_size)
-    trainer.fit(model, data)  # no validation while training: the target is scored once, at the end
-    evaluator = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    return evaluator.validate(model, data, verbose=False)[0]["val/acc"]
+    trainer.fit(model, FeatureDomains((xs, ys), (xt, yt), args.batch_size))
+    if not validations.rows or validations.rows[-1]["step"] != trainer.global_step:  # the last step's model too
+        trainer.validate(model, FeatureDomains((xs, ys), (xt, yt), args.batch_size), verbose=False)
+    return outcome(validations.rows)
 
 
 # ---- finetune mode ---------------------------------------------------------------------------
-def run_finetune(task: str, method: str, seed: int, args) -> float:
+def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[str, float]:
     from tlx.cli import TLXCLI
 
-    # the base experiment, the task, the objective: three fragments stacked
-    configs = [OBJECTIVES.parent / "office31.yaml", OBJECTIVES.parent / f"{task}.yaml", METHODS[method]]
+    # the base experiment and the objective, two fragments stacked; the task as the two roots
+    configs = [OBJECTIVES.parent / "office31.yaml", METHODS[method]]
+    source, target = (args.data_root / d for d in task)
     cli = TLXCLI(args=[
         *(a for config in configs for a in ("--config", str(config))),
+        f"--data.init_args.source_root={source}", f"--data.init_args.target_root={target}",
         f"--seed_everything={seed}", f"--trainer.max_steps={args.steps}",
-        f"--trainer.default_root_dir={args.runs}/{task}_{method}_{seed}", "--trainer.enable_progress_bar=false",
-        *(["--trainer.precision=bf16-mixed"] if args.bf16 else []),
+        f"--trainer.default_root_dir={args.runs}/{task[0]}2{task[1]}_{method}_{seed}",
+        "--trainer.enable_progress_bar=false", *(["--trainer.precision=bf16-mixed"] if args.bf16 else []),
+        # best.ckpt: the validation with the highest val/snd (office31.yaml itself keeps the last)
+        "--checkpoint.monitor=val/snd", "--checkpoint.mode=max",
     ], run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
-    return cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]["val/acc"]
+    final = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]["val/acc"]
+    best = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]["val/acc"]
+    step = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)["global_step"]
+    return {"final": final, "selected": best, "selected_step": step}
 
 
-def main() -> None:
+# ---- the tables ------------------------------------------------------------------------------
+def cell(values: list[float]) -> str:
+    sd = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.1f}{sd}"
+
+
+def print_table(title: str, key: str, tasks: list[str], methods: list[str], results: dict) -> None:
+    print(f"\n{title}\n")
+    print("| method | " + " | ".join(tasks) + " | " + " | ".join(f"{t} gain over source-only" for t in tasks) + " |")
+    print("|---" * (2 * len(tasks) + 1) + "|")
+    for method in methods:
+        accs = [[100.0 * r[key] for r in results[t, method]] for t in tasks]
+        gains = []
+        for t, a in zip(tasks, accs):
+            base = results.get((t, "source_only"))
+            gains.append("" if base is None or method == "source_only"
+                         else f"{statistics.mean(a) - statistics.mean(100.0 * r[key] for r in base):+.1f}")
+        print(f"| {method} | " + " | ".join(cell(a) for a in accs) + " | " + " | ".join(gains) + " |")
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["features", "finetune"], default="features")
-    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=["a2w"])
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--data-root", type=Path, default=OFFICE31, help="a folder of domains, each of class folders")
+    p.add_argument("--tasks", nargs="+", help="e.g. a2w w2a (default: every pair of the domains present)")
+    p.add_argument("--methods", nargs="+", choices=[PROBE, *METHODS], default=[PROBE, *METHODS],
+                   help=f"objective fragments, and {PROBE} (features mode)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps per run")
+    p.add_argument("--val-every", type=int, default=100, help="steps between validations (features mode)")
     p.add_argument("--batch-size", type=int, default=32, help="per domain (features mode)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (features mode)")
-    p.add_argument("--image-size", type=int, default=160, help="centre crop for the cached features")
-    p.add_argument("--cache", type=Path, default=Path("/tmp/tlx_office31_features"))
+    p.add_argument("--image-size", type=int, default=224, help="centre crop for the cached features")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="features mode")
+    p.add_argument("--weights", default="DEFAULT", help="features mode; 'none': random initialisation")
+    p.add_argument("--cache", type=Path, default=Path("/tmp/tlx_da_features"))
     p.add_argument("--runs", type=Path, default=Path("runs/domain_adaptation"), help="finetune mode logs")
     p.add_argument("--bf16", action="store_true", help="finetune mode: bf16-mixed precision")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch's default); 1 is fastest for these small steps on a shared CPU")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.weights = None if args.weights.lower() == "none" else args.weights
+    all_tasks = task_names(find_domains(args.data_root))
+    tasks = args.tasks or list(all_tasks)
+    unknown = [t for t in tasks if t not in all_tasks]
+    if unknown:
+        p.error(f"--tasks {' '.join(unknown)}: the domains in {args.data_root} give {' '.join(all_tasks)}")
+    methods = [m for m in args.methods if not (m == PROBE and args.mode == "finetune")]
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -163,32 +286,23 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     run = run_features if args.mode == "features" else run_finetune
     if args.mode == "features":
-        budget = (f"frozen efficientnet_lite0 features ({args.image_size} px), {args.steps} steps, "
+        budget = (f"frozen {args.backbone} features ({args.image_size} px), {args.steps} steps, "
                   f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}")
     else:
-        budget = f"full fine-tuning with configs/domain_adaptation/ (office31 + task + objective), {args.steps} steps"
-    print(f"Office-31 target accuracy (%), {budget}, seeds {args.seeds}", flush=True)
-    results: dict[tuple[str, str], list[float]] = {}
-    for task in args.tasks:
-        for method in args.methods:
+        budget = f"full fine-tuning with configs/domain_adaptation/ (office31 + objective), {args.steps} steps"
+    print(f"Target accuracy (%), {args.data_root}, {budget}, seeds {args.seeds}", flush=True)
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for task in tasks:
+        for method in methods:
             t0 = time.time()
-            accs = [100.0 * run(task, method, s, args) for s in args.seeds]
-            results[task, method] = accs
-            print(f"  {task} {method:<19} {statistics.mean(accs):5.1f}  {[round(a, 1) for a in accs]}  "
-                  f"({time.time() - t0:.0f} s)", flush=True)
-    print()
-    header = "| method | " + " | ".join(f"{TASKS[t][0][0].upper()}->{TASKS[t][1][0].upper()}" for t in args.tasks)
-    print(header + (" | gain over source-only (" + args.tasks[0] + ") |" if "source_only" in args.methods else " |"))
-    print("|---" * (len(args.tasks) + 1 + ("source_only" in args.methods)) + "|")
-    base = statistics.mean(results[args.tasks[0], "source_only"]) if "source_only" in args.methods else None
-    for method in args.methods:
-        cells = []
-        for t in args.tasks:
-            accs = results[t, method]
-            sd = f" ± {statistics.stdev(accs):.1f}" if len(accs) > 1 else ""
-            cells.append(f"{statistics.mean(accs):.1f}{sd}")
-        gain = f" | {statistics.mean(results[args.tasks[0], method]) - base:+.1f}" if base is not None else ""
-        print(f"| {method} | " + " | ".join(cells) + gain + " |")
+            runs = [run(all_tasks[task], method, s, args) for s in ([0] if method == PROBE else args.seeds)]
+            results[task, method] = runs
+            print(f"  {task} {method:<24} last {cell([100 * r['final'] for r in runs]):>11}  "
+                  f"chosen by SND {cell([100 * r['selected'] for r in runs]):>11} "
+                  f"(steps {[int(r['selected_step']) for r in runs]})  ({time.time() - t0:.0f} s)", flush=True)
+    print_table("At the last step:", "final", tasks, methods, results)
+    print_table("At the validation with the highest val/snd (no target label used to choose):", "selected", tasks,
+                methods, results)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,33 @@ def test_domain_adaptation_under_ddp(tmp_path):
     validate[0] = "validate"
     single = run_cli([*validate[:-2], "--trainer.callbacks=[]", f"--ckpt_path={ckpt}"])
     assert float(single.trainer.callback_metrics["val/acc"]) == probes[0]["metrics"]["val/acc"]
+
+
+def test_domain_adaptation_on_the_partial_cache_under_ddp(tmp_path):
+    """DANN training the top stages on both domains' cached bottom activations on 2 processes: the
+    ranks share the extraction, agree on the target metrics (the label-free ones too), and one
+    process validating the checkpoint on images gets the same accuracy."""
+    source, target = make_domain(tmp_path / "source", 0, 8), make_domain(tmp_path / "target", 60, 5, seed0=100)
+    (target / "dog" / "dog_4.png").unlink()  # 9 target images: uneven evaluation shards
+    out, probe_dir = tmp_path / "runs", tmp_path / "probe"
+    callbacks = json.dumps([
+        {"class_path": "tlx.speed.FeatureCache", "init_args": {"cut": "blocks.2", "augmented_views": 1}},
+        {"class_path": "tests.helpers.ShardProbe", "init_args": {"out_dir": str(probe_dir)}},
+    ])
+    args = da_fit_args(source, target, out, extra=["--trainer.max_epochs=2", f"--trainer.callbacks={callbacks}"])
+    run([sys.executable, "-m", "tlx", *args, "--config", "configs/trainer/ddp_cpu.yaml"],
+        cwd=REPO, env=loopback_env(free_port()))
+    probes = read_probes(probe_dir, 2)
+    assert all(p["feature_status"] == {"source": "computed", "target": "computed", "val": "computed"} for p in probes)
+    # Each rank ran a share of the images: 16 source and 9 target images x 2 views, 9 val images x 1.
+    assert all(p["features_extracted_here"] > 0 for p in probes)
+    assert sum(p["features_extracted_here"] for p in probes) == 16 * 2 + 9 * 2 + 9
+    assert all(p["global_step"] == 2 * 2 for p in probes)  # 16 source images / (4 x 2 ranks) per epoch
+    assert all(p["train_samplers"] == {"source": "DistributedSampler", "target": "DistributedSampler"} for p in probes)
+    for key in ("val/acc", "val/snd", "val/entropy"):
+        assert probes[0]["metrics"][key] == probes[1]["metrics"][key], key
+    ckpt = out / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    validate = da_fit_args(source, target, tmp_path / "single")
+    validate[0] = "validate"
+    single = run_cli([*validate[:-2], "--trainer.callbacks=[]", f"--ckpt_path={ckpt}"])
+    assert float(single.trainer.callback_metrics["val/acc"]) == probes[0]["metrics"]["val/acc"]

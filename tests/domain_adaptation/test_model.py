@@ -47,6 +47,8 @@ def test_fit_each_objective_validates_on_target(two_domains, tmp_path, fragment)
     assert trainer.global_step == 3
     metrics = trainer.callback_metrics
     assert "val/acc" in metrics and torch.isfinite(metrics["train/transfer_loss_epoch"])
+    # The label-free selection criteria, over all 6 target images (tlx.domain_adaptation.selection).
+    assert torch.isfinite(metrics["val/snd"]) and 0 <= metrics["val/entropy"] <= torch.log(torch.tensor(2.0)) + 1e-4
     # The objective's own state (discriminators, random maps) is the model's: optimised, checkpointed.
     own = {k for k in model.state_dict() if k.startswith("objective.")}
     assert own == {f"objective.{k}" for k in objective.state_dict()}
@@ -128,7 +130,9 @@ def test_office31_config_runs_on_real_data_and_weights(tmp_path):
     ])
     assert len(cli.model.class_names) == 31 and cli.trainer.global_step == 2
     assert cli.model.objective.discriminator[0].in_features == 1024  # 256 x 31 is randomized
-    assert "val/acc" in cli.trainer.callback_metrics
+    assert "val/acc" in cli.trainer.callback_metrics and "val/snd" in cli.trainer.callback_metrics
+    # A fixed budget: the target's labels (val/acc, the CLI's default monitor) choose no checkpoint.
+    assert cli.trainer.checkpoint_callback.monitor is None
 
 
 def test_predict_runs_on_the_target_images(two_domains, tmp_path):
@@ -168,3 +172,18 @@ def test_export_keeps_the_bottleneck(two_domains, tmp_path):
                              verify_images=str(target / "cat"), num_verify=3)
     assert len(meta["verification"]["images"]) == 3
     assert max(meta["verification"]["max_abs_diff"].values()) <= 1e-4
+
+
+def test_feature_dropout_acts_in_training_only_and_keeps_the_bottleneck_keys():
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, feature_dropout=0.5,
+                                       class_names=["cat", "dog"])
+    x = torch.rand(2, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model.features(x), model.bottleneck(model.backbone(x)))
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.feature_dropout(torch.ones(1000))
+    assert 0.35 < (dropped == 0).float().mean().item() < 0.65
+    # The checkpoint layout of models trained before the option existed.
+    keys = set(model.state_dict())
+    assert {"bottleneck.0.weight", "bottleneck.1.running_mean"} <= keys

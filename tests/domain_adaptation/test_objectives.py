@@ -6,12 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlx.domain_adaptation.objectives import CDAN, CORAL, DAN, DANN, MCC, DomainBatch, InstanceWeighting, SourceOnly
+from tlx.domain_adaptation.objectives import (
+    CDAN, CORAL, DAN, DANN, MCC, DomainBatch, InformationMaximization, InstanceWeighting, SourceOnly,
+)
 from tlx.domain_adaptation.objectives.base import certainty_weights, entropy
 from tlx.domain_adaptation.objectives.cdan import RandomizedMultilinearMap, multilinear_map
 from tlx.domain_adaptation.objectives.coral import coral
 from tlx.domain_adaptation.objectives.dan import mk_mmd
 from tlx.domain_adaptation.objectives.grl import reverse_gradient, warm_start
+from tlx.domain_adaptation.objectives.information_maximization import information_maximization, pseudo_label_loss
 from tlx.domain_adaptation.objectives.instance_weighting import importance_weights
 from tlx.domain_adaptation.objectives.mcc import class_confusion
 
@@ -149,7 +152,9 @@ def test_instance_weighting_weights_source_and_trains_only_its_classifier():
     assert obj.domain_classifier[0].weight.grad is not None
 
 
-@pytest.mark.parametrize("objective", [SourceOnly(), DAN(), CORAL(), MCC()])
+@pytest.mark.parametrize(
+    "objective", [SourceOnly(), DAN(), CORAL(), MCC(), InformationMaximization(pseudo_label_weight=1.0)]
+)
 def test_parameter_free_objectives_give_scalar_losses(objective):
     objective.build(6, 3)
     out = objective(_batch())
@@ -160,7 +165,47 @@ def test_parameter_free_objectives_give_scalar_losses(objective):
 def test_losses_stay_float32_under_bf16_autocast():
     batch = _batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        for obj in (DANN(), CDAN(), DAN(), CORAL(), MCC(), InstanceWeighting()):
+        im = InformationMaximization(pseudo_label_weight=1.0)
+        for obj in (DANN(), CDAN(), DAN(), CORAL(), MCC(), InstanceWeighting(), im):
             obj.build(6, 3)
             assert obj(batch).loss.dtype == torch.float32, type(obj).__name__
     assert coral(batch.source_features.bfloat16(), batch.target_features.bfloat16()).dtype == torch.float32
+
+
+def test_information_maximization_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    p = logits.softmax(1)
+    ent = -(p * torch.log(p + 1e-5)).sum(1).mean()
+    m = p.mean(0)
+    div = -(m * torch.log(m + 1e-5)).sum()
+    got_ent, got_div = information_maximization(logits)
+    assert got_ent.item() == pytest.approx(ent.item(), rel=1e-5)
+    assert got_div.item() == pytest.approx(div.item(), rel=1e-5)
+    # One-hot and diverse: the best value, -log(C); collapsed onto one class: no diversity, loss 0.
+    ent, div = information_maximization(torch.tensor([[50.0, 0.0], [0.0, 50.0]]))
+    assert (ent - div).item() == pytest.approx(-math.log(2), abs=1e-4)
+    ent, div = information_maximization(torch.tensor([[50.0, 0.0], [50.0, 0.0]]))
+    assert (ent - div).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_pseudo_labels_keep_only_confident_target_samples():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.2], [0.0, 5.0]], requires_grad=True)  # p_max .98, .55, .99
+    loss, kept = pseudo_label_loss(logits, 0.9)
+    ce = F.cross_entropy(logits.detach(), torch.tensor([0, 1, 1]), reduction="none")
+    assert kept.item() == pytest.approx(2 / 3)
+    assert loss.item() == pytest.approx(((ce[0] + ce[2]) / 3).item(), rel=1e-5)  # mean over the whole batch
+    loss.backward()
+    assert torch.equal(logits.grad[1], torch.zeros(2))  # the unconfident sample teaches nothing
+
+
+def test_information_maximization_objective_trains_only_through_target_logits():
+    batch = _batch()
+    batch.target_logits.requires_grad_(True)
+    out = InformationMaximization(trade_off=2.0, pseudo_label_weight=0.5, threshold=0.0)(batch)
+    ent, div = information_maximization(batch.target_logits)
+    pl, kept = pseudo_label_loss(batch.target_logits, 0.0)
+    assert out.loss.item() == pytest.approx((2.0 * (ent - div) + 0.5 * pl).item(), rel=1e-5)
+    assert kept.item() == 1.0 and set(out.logs) >= {"target_entropy", "target_diversity", "pseudo_label_kept"}
+    out.loss.backward()
+    assert batch.target_logits.grad is not None and batch.source_features.grad is None
+    assert "pseudo_label_loss" not in InformationMaximization()(_batch()).logs  # pseudo-labels off by default

@@ -6,9 +6,11 @@
 
 from tlx.domain_adaptation.data import DomainAdaptationDataModule
 from tlx.domain_adaptation.model import DomainAdaptationClassifier
-from tlx.domain_adaptation.objectives import CDAN, CORAL, DAN, DANN, MCC, InstanceWeighting, Objective, SourceOnly
+from tlx.domain_adaptation.objectives import (
+    CDAN, CORAL, DAN, DANN, MCC, InformationMaximization, InstanceWeighting, Objective, SourceOnly,
+)
 
 __all__ = [
     "CDAN", "CORAL", "DAN", "DANN", "MCC", "DomainAdaptationClassifier", "DomainAdaptationDataModule",
-    "InstanceWeighting", "Objective", "SourceOnly",
+    "InformationMaximization", "InstanceWeighting", "Objective", "SourceOnly",
 ]

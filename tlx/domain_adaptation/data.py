@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
@@ -50,6 +51,10 @@ class DomainAdaptationDataModule(ImageDataModule):
         self._classes: list[str] | None = None
         self.target_labelled: bool | None = None
         self.predict_paths: list[str] = []
+        self._features: dict[str, Any] = {}  # loaders of cached features (tlx.speed.FeatureCache)
+
+    #: The splits a training step draws from (tlx.speed.FeatureCache caches each).
+    train_splits = ("source", "target")
 
     # ---- what is on disk -------------------------------------------------------------------
     def _root(self, key: str) -> Path:
@@ -109,19 +114,41 @@ class DomainAdaptationDataModule(ImageDataModule):
         if stage == "predict":
             self.predict_paths = [p for p, _ in self._target]
 
+    def _dataset(self, split: str, transform) -> LabelledImages:
+        samples = self.samples(split)
+        if split == "target":  # (image, index): the target's labels cannot leak into training
+            samples = [(p, i) for i, (p, _) in enumerate(samples)]
+        return LabelledImages(samples, transform, self.min_short_side)
+
+    def train_dataset(self, split: str) -> LabelledImages:
+        """``source`` (image, label) or ``target`` (image, index) items, augmented."""
+        return self._dataset(split, self.train_transform())
+
+    def eval_dataset(self, split: str) -> LabelledImages:
+        """Items of ``split`` (as :meth:`train_dataset` for the training splits) in the evaluation view."""
+        return self._dataset(split, self.eval_transform())
+
+    # ---- cached features instead of images (tlx.speed.FeatureCache) ------------------------
+    def serve_features(self, train: dict[str, DataLoader], val: DataLoader) -> None:
+        """Serve these loaders of precomputed features (``source`` and ``target`` for training) for
+        fit, until :meth:`serve_images`. Test and predict always read images."""
+        self._features = {"train": train, "val": val}
+
+    def serve_images(self) -> None:
+        self._features = {}
+
     def train_dataloader(self) -> CombinedLoader:
-        transform = self.train_transform()
-        source = LabelledImages(self.samples("source"), transform, self.min_short_side)
-        # The target goes in as (image, index): its labels cannot leak into training.
-        target = UnlabelledImages([p for p, _ in self.samples("target")], transform, self.min_short_side)
-        loaders = {"source": self.loader(source, True), "target": self.loader(target, True)}
+        if "train" in self._features:
+            return CombinedLoader(self._features["train"], mode="max_size_cycle")
+        loaders = {split: self.loader(self.train_dataset(split), True) for split in self.train_splits}
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def _eval_loader(self, split: str) -> DataLoader:
-        dataset = LabelledImages(self.samples(split), self.eval_transform(), self.min_short_side)
-        return self.loader(dataset, False, evaluation=True)
+        return self.loader(self.eval_dataset(split), False, evaluation=True)
 
     def val_dataloader(self) -> DataLoader:
+        if "val" in self._features:
+            return self._features["val"]
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import CatMetric
 
 from tlx.compat import attached_trainer
 from tlx.domain_adaptation.objectives import DomainBatch, Objective, SourceOnly
+from tlx.domain_adaptation.selection import prediction_entropy, soft_neighborhood_density
 from tlx.errors import TLXError
 from tlx.heads import HeadFactory
 from tlx.models import ImageClassifier
@@ -29,7 +31,11 @@ class DomainAdaptationClassifier(ImageClassifier):
     Each training step runs the source and the target batch through the network together, then
     adds the objective's loss (e.g. DANN's domain loss) to the source cross-entropy, which the
     objective may re-weight per sample (instance weighting). Validation, testing and prediction
-    are those of ``ImageClassifier``. Use with :class:`~tlx.domain_adaptation.DomainAdaptationDataModule`.
+    are those of ``ImageClassifier``, and each validation also logs ``val/snd`` and ``val/entropy``,
+    criteria that need no labels (:mod:`tlx.domain_adaptation.selection`): on the target when it is
+    the validation set (target class folders), so a checkpoint can be chosen without its labels
+    (``--checkpoint.monitor val/snd --checkpoint.mode max``).
+    Use with :class:`~tlx.domain_adaptation.DomainAdaptationDataModule`.
 
     Args:
         objective: a :class:`~tlx.domain_adaptation.objectives.Objective` (``SourceOnly``,
@@ -37,6 +43,10 @@ class DomainAdaptationClassifier(ImageClassifier):
             source-only.
         bottleneck_dim: width of a Linear-BatchNorm-ReLU layer between the backbone and the head,
             where the features are aligned (as in the reference implementations); ``null``: none.
+        feature_dropout: dropout on the backbone's features, before the bottleneck. Without it the
+            bottleneck (BatchNorm rescales every direction of the features, the source-specific ones
+            too) fits the source and loses target accuracy: on frozen Lite0 features, source-only
+            A->W 70.1 without, 77.2 with 0.5 (issue 14).
         The other arguments are those of ``ImageClassifier``.
     """
 
@@ -55,6 +65,7 @@ class DomainAdaptationClassifier(ImageClassifier):
         data_config: dict[str, Any] | None = None,
         objective: Objective | None = None,
         bottleneck_dim: int | None = 256,
+        feature_dropout: float = 0.5,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         no_decay_norm_bias: bool = True,
         task: Literal["multiclass"] | None = None,
@@ -69,6 +80,8 @@ class DomainAdaptationClassifier(ImageClassifier):
         self.hparams["objective"] = self.objective.describe()
         self.bottleneck_dim = bottleneck_dim
         width = self.backbone.num_features
+        # Its own module, not the bottleneck's first layer: the bottleneck's state_dict keys stay.
+        self.feature_dropout = nn.Dropout(feature_dropout)
         self.bottleneck = (
             nn.Sequential(nn.Linear(width, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU())
             if bottleneck_dim
@@ -84,14 +97,30 @@ class DomainAdaptationClassifier(ImageClassifier):
         return self.bottleneck_dim or self.backbone.num_features
 
     def features(self, x: Tensor) -> Tensor:
-        return self.bottleneck(super().features(x))
+        return self.bottleneck(self.feature_dropout(super().features(x)))
 
     def feature_network(self) -> nn.Module:
-        return nn.Sequential(self.backbone, self.bottleneck)
+        return nn.Sequential(self.backbone, self.feature_dropout, self.bottleneck)
 
     def _build_head(self) -> None:
         super()._build_head()
         self.objective.build(self.feature_dim, self.num_classes)
+        # Every validation prediction (of all ranks, under DDP) for the label-free criteria.
+        self.val_probs = CatMetric()
+
+    # ---- validation: label-free model selection ------------------------------------------------
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        logits = super().validation_step(batch, batch_idx)
+        self.val_probs.update(logits.detach().float().softmax(dim=1))
+        return logits
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.val_probs.update_count == 0:
+            return
+        probs = self.val_probs.compute()
+        self.val_probs.reset()
+        self.log_dict({"val/snd": soft_neighborhood_density(probs), "val/entropy": prediction_entropy(probs)})
 
     # ---- training ----------------------------------------------------------------------------
     @property

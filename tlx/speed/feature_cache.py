@@ -45,6 +45,16 @@ from tlx.features import extract_features, feature_loader, features_cache_key
 log = logging.getLogger("tlx")
 
 
+def train_splits(dm: Any) -> tuple[str, ...]:
+    """The splits a data module trains on: ``("train",)``, or a domain-adaptation module's two."""
+    return tuple(getattr(dm, "train_splits", ("train",)))
+
+
+def train_dataset(dm: Any, split: str) -> Any:
+    """The augmented dataset of a training split (a one-split module's ``train_dataset()`` takes none)."""
+    return dm.train_dataset() if split == "train" else dm.train_dataset(split)
+
+
 class FeatureCache(Callback):
     """Train the head of a frozen backbone on features computed once, or with ``cut`` the top
     stages and the head on a frozen bottom's activations (see the module docs).
@@ -52,7 +62,9 @@ class FeatureCache(Callback):
     Needs a frozen backbone (add :class:`tlx.finetuning.FreezeBackbone`, ``train_bn: false``),
     unless ``cut`` is given (list this callback after any fine-tuning strategy then, so that the
     bottom it freezes in ``setup`` stays frozen), and an :class:`~tlx.data.ImageFolderDataModule` (anything with ``eval_dataset(split)``,
-    ``train_dataset()`` and ``serve_features``/``serve_images``).
+    ``train_dataset()`` and ``serve_features``/``serve_images``). A data module with several
+    training splits (``train_splits``: a domain-adaptation module's ``source`` and ``target``, with
+    ``train_dataset(split)``) gets one cached loader per split, each with its augmented views.
 
     Args:
         augmented_views: random training views (crop, flip, ... of the data module) computed per
@@ -153,10 +165,11 @@ class FeatureCache(Callback):
         if self.split is not None:  # the bottom's weights alone do not say where it ends
             data.update(cut=self.cut, backbone=getattr(pl_module.backbone, "name", None))
         parts = [(lambda: dm.eval_dataset(split), 1, data)]
-        if split == "train" and self.augmented_views:
+        if split in train_splits(dm) and self.augmented_views:
             # random views depend on the augmentation, and on cache_images (crops of the shrunk image)
             augment = {k: hp.get(k) for k in ("crop_scale", "hflip", "auto_augment", "cache_images")}
-            parts.append((dm.train_dataset, self.augmented_views, dict(data, view="train", augment=augment)))
+            parts.append((lambda: train_dataset(dm, split), self.augmented_views,
+                          dict(data, view="train", augment=augment)))
         memory_key = tuple(features_cache_key(backbone, key, v, common["precision"]) for _, v, key in parts)
         if memory_key in self._memory:
             self.last_status[split] = "memory"
@@ -192,7 +205,7 @@ class FeatureCache(Callback):
     def _size_check(self, pl_module: LightningModule, dm: Any) -> None:
         """Log the cache's size before building it; refuse one over ``max_cache_gb``."""
         shape = self._item_shape(pl_module, dm.preprocessing.input_size)
-        n_train, n_val = len(dm.samples("train")), len(dm.samples("val"))
+        n_train, n_val = sum(len(dm.samples(s)) for s in train_splits(dm)), len(dm.samples("val"))
         items = n_train * (1 + self.augmented_views) + n_val
         self.cache_bytes = items * int(torch.Size(shape).numel()) * 4
         gb = self.cache_bytes / 1e9
@@ -212,19 +225,22 @@ class FeatureCache(Callback):
         self._size_check(pl_module, dm)
         self.extract_seconds = 0.0
         self.extracted_here = 0  # images this process ran through the backbone (its DDP share)
-        train, val = self._features(trainer, pl_module, dm, "train"), self._features(trainer, pl_module, dm, "val")
-        trains = "the top stages and the head" if self.split is not None else "the head only"
+        splits = train_splits(dm)
+        trains = {s: self._features(trainer, pl_module, dm, s) for s in splits}
+        val = self._features(trainer, pl_module, dm, "val")
+        trained = "the top stages and the head" if self.split is not None else "the head only"
         log.info(
-            "FeatureCache: train %s %s, val %s %s (%.1f s extracting); epochs now train %s.",
-            tuple(train[0].shape), self.last_status["train"], tuple(val[0].shape), self.last_status["val"],
-            self.extract_seconds, trains,
+            "FeatureCache: %s, val %s %s (%.1f s extracting); epochs now train %s.",
+            ", ".join(f"{s} {tuple(f.shape)} {self.last_status[s]}" for s, (f, _) in trains.items()),
+            tuple(val[0].shape), self.last_status["val"], self.extract_seconds, trained,
         )
         bs = self.batch_size or hp.get("batch_size", 32)
         ebs = self.eval_batch_size or hp.get("eval_batch_size") or bs
         # Lightning asks the data module for its loaders after on_fit_start.
         self._serving = (dm, pl_module)
         views = bool(self.augmented_views)
-        dm.serve_features(feature_loader(*train, bs, train=True, trainer=trainer, views=views),
+        loaders = {s: feature_loader(*t, bs, train=True, trainer=trainer, views=views) for s, t in trains.items()}
+        dm.serve_features(loaders["train"] if splits == ("train",) else loaders,
                           feature_loader(*val, ebs, train=False, trainer=trainer, views=False))
         pl_module.take_features(True, top=self.split[1] if self.split is not None else None)
         if self.head_threads and self.split is None and pl_module.device.type == "cpu":

@@ -1,0 +1,42 @@
+"""Domain adaptation on the partial cache: the top stages, bottleneck and head train on a frozen
+bottom's cached activations of both domains (tlx.speed.FeatureCache with cut)."""
+
+import torch
+from lightning.pytorch import seed_everything
+
+from tests.helpers import TINY_MODEL, make_domain, tiny_trainer
+from tlx.domain_adaptation import DANN, DomainAdaptationClassifier, DomainAdaptationDataModule
+from tlx.speed import FeatureCache
+
+CUT = "blocks.2"  # of timm:test_efficientnet (blocks.0 ... blocks.4)
+BOTTOM = ("model.conv_stem", "model.bn1", "model.blocks.0", "model.blocks.1", "model.blocks.2")
+
+
+def test_dann_trains_the_top_on_both_domains_cached_and_the_bottom_stays(tmp_path):
+    source = make_domain(tmp_path / "source", 0, 6)
+    target = make_domain(tmp_path / "target", 60, 3, seed0=100)
+    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    seed_everything(0)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN())
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    cache = FeatureCache(cut=CUT, augmented_views=2)
+    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[cache])
+    trainer.fit(model, dm)
+    # Both domains were cached with their views; the epoch runs over the source (12 images, 4 a step).
+    assert cache.last_status == {"source": "computed", "target": "computed", "val": "computed"}
+    shapes = sorted(tuple(f.shape) for f, _ in cache._memory.values())
+    assert shapes == [(6, 3, 32, 4, 4), (6, 32, 4, 4), (12, 3, 32, 4, 4)]  # target, val (eval view), source
+    assert trainer.global_step == 6 and torch.isfinite(trainer.callback_metrics["train/transfer_loss_epoch"])
+    # The target's cached items carry indices, never its labels.
+    (_, target_index), = [v for v in cache._memory.values() if tuple(v[0].shape[:2]) == (6, 3)]
+    assert torch.equal(target_index, torch.arange(6))
+    after = model.backbone.state_dict()
+    bottom = [k for k in after if k.startswith(BOTTOM)]
+    assert bottom and all(torch.equal(before[k], after[k]) for k in bottom)
+    top = [k for k in after if k not in bottom and after[k].is_floating_point()]
+    changed = [k for k in top if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("model.blocks.3") for k in changed)
+    # Back to images after fit: the whole model validates on them as it did on the cache.
+    assert model.input_kind == "images"
+    on_images = tiny_trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]["val/acc"]
+    assert on_images == float(trainer.callback_metrics["val/acc"])

@@ -1,0 +1,47 @@
+"""scripts/domain_adaptation_report.py on a tiny generated root of three domains: every task runs."""
+
+import re
+
+import pytest
+
+from scripts.domain_adaptation_report import find_domains, main, task_names
+from tests.helpers import TINY_MODEL, make_domain
+from tlx.errors import DataError
+
+
+def test_tasks_are_every_ordered_pair_of_the_domains_present(tmp_path):
+    for i, name in enumerate(("amazon", "dslr", "webcam")):
+        make_domain(tmp_path / name, 30 * i, 2, seed0=100 * i)
+    (tmp_path / "notes").mkdir()  # no class folders: not a domain
+    domains = find_domains(tmp_path)
+    assert domains == ["amazon", "dslr", "webcam"]
+    assert task_names(domains) == {"a2d": ("amazon", "dslr"), "a2w": ("amazon", "webcam"), "d2a": ("dslr", "amazon"),
+                                   "d2w": ("dslr", "webcam"), "w2a": ("webcam", "amazon"), "w2d": ("webcam", "dslr")}
+    assert task_names(["art", "amazon"]) == {"art2amazon": ("art", "amazon"), "amazon2art": ("amazon", "art")}
+    make_domain(tmp_path / "one" / "webcam", 0, 2)
+    with pytest.raises(DataError, match="holds 1 domain"):
+        find_domains(tmp_path / "one")
+
+
+def test_report_runs_every_task_of_a_three_domain_root(tmp_path, capsys):
+    for i, name in enumerate(("amazon", "dslr", "webcam")):
+        make_domain(tmp_path / "data" / name, 30 * i, 4, seed0=100 * i)
+    main([
+        "--data-root", str(tmp_path / "data"), "--backbone", TINY_MODEL["backbone"], "--weights", "none",
+        "--image-size", "32", "--steps", "4", "--val-every", "2", "--batch-size", "2",
+        "--methods", "logistic_probe", "source_only", "information_maximization", "--cache", str(tmp_path / "cache"),
+    ])
+    out = capsys.readouterr().out
+    tasks = ["a2d", "a2w", "d2a", "d2w", "w2a", "w2d"]
+    for method in ("logistic_probe", "source_only", "information_maximization"):
+        assert len(re.findall(rf"^  \w2\w {method} ", out, flags=re.M)) == 6
+    # two tables (last step, chosen by SND), a column per task, gains against source-only
+    assert out.count("| method | " + " | ".join(tasks) + " |") == 2
+    rows = re.findall(r"^\| information_maximization \|(.*)\|$", out, flags=re.M)
+    assert len(rows) == 2 and all(re.fullmatch(r"[+-]\d+\.\d", c.strip()) for c in rows[0].split("|")[6:])
+    # the features are cached by content: one file per domain, reused by the second call
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    main(["--data-root", str(tmp_path / "data"), "--backbone", TINY_MODEL["backbone"], "--weights", "none",
+          "--image-size", "32", "--tasks", "d2w", "--methods", "logistic_probe", "--cache", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert "features of" not in out and re.search(r"^  d2w logistic_probe ", out, flags=re.M)
