@@ -192,3 +192,22 @@ def test_fit_help_says_what_tlx_is_and_where_the_data_options_are(capsys):
     with pytest.raises(SystemExit):
         run_cli(["fit", "--data.help", "ImageFolderDataModule"])
     assert "--data.root ROOT" in capsys.readouterr().out
+
+
+def test_tlx_log_lines_go_to_the_current_stderr_even_after_the_old_one_closed(monkeypatch):
+    import io
+    import logging
+    import sys
+
+    from tlx.cli import _configure_logging
+
+    logger = logging.getLogger("tlx")
+    monkeypatch.setattr(logger, "handlers", [])
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    _configure_logging()  # while the first stream is sys.stderr
+    first.close()  # what a test harness or a notebook cell does with its stream
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logger.info("after the swap")
+    assert "[tlx] INFO: after the swap" in second.getvalue()

@@ -275,10 +275,24 @@ class TLXCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the one at construction:
+    a notebook or a test harness that swaps (and later closes) ``sys.stderr`` must not leave tlx
+    writing into a closed stream ("I/O operation on closed file")."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
     logger = logging.getLogger("tlx")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("[tlx] %(levelname)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
