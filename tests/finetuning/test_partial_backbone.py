@@ -3,10 +3,13 @@ part above the cached bottom (its layer groups, LR depths, unfreezing, adapters,
 bottom never reaches the optimizer and stays bit-identical, and the checkpoint reloads into the
 same function on images."""
 
+import json
+
 import pytest
 import torch
 
-from tests.helpers import Recorder, fit, make_imagefolder, tiny_data, tiny_model, tiny_trainer
+from tests.helpers import (REPO, STRATEGY_BASE, TINY_MODEL, Recorder, fit, make_imagefolder, run_cli, tiny_data,
+                           tiny_model, tiny_trainer)
 from tlx.finetuning import L2SP, FinetuneStrategy, FinetuningError, FullFinetune, GradualUnfreeze, LayerDecay, LoRA
 from tlx.finetuning.lora import LoRALayer
 from tlx.speed import FeatureCache
@@ -107,3 +110,17 @@ def test_a_strategy_handing_the_bottom_to_the_optimizer_is_refused():
     strategy.bottom = ("conv_stem", "bn1")
     with pytest.raises(FinetuningError, match="frozen bottom \\(conv_stem, bn1\\)"):
         strategy.param_groups(model)
+
+
+def test_a_strategy_fragment_stacks_on_the_top_stages_config(tiny_folder, tmp_path):
+    # The README's example, on the tiny model (its top above blocks.4: conv_head + bn2).
+    cli = run_cli([
+        "fit", f"--config={STRATEGY_BASE}", f"--config={REPO / 'configs/speed/top_stages.yaml'}",
+        f"--config={REPO / 'configs/finetuning/strategies/layer_decay.yaml'}",
+        f"--model.init_args.backbone={TINY_MODEL['backbone']}", "--model.init_args.weights=null",
+        f"--model.init_args.preprocessing={json.dumps(TINY_MODEL['preprocessing'])}",
+        f"--data.init_args.root={tiny_folder}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
+    ])
+    scales = {g["group"]: g["lr_scale"] for g in cli.trainer.optimizers[0].param_groups}
+    assert scales == {"head": 1.0, "backbone.conv_head+bn2": 0.75}

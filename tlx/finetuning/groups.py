@@ -130,8 +130,10 @@ def _above(model: nn.Module, groups: list[LayerGroup], frozen: tuple[str, ...] |
         params = [p for p in g.params if id(p) not in bottom]
         if len(params) == len(g.params):
             out.append(g)
-        elif params:  # a group the cut goes through: its modules above the cut
-            out.append(LayerGroup(g.name, _owning_modules(model, params), params))
+        elif params:  # a group the cut goes through: its modules above the cut, named after them
+            modules = _owning_modules(model, params)
+            names = {id(m): n for n, m in model.named_modules()}
+            out.append(LayerGroup(_common_name([names[id(m)] for m in modules]), modules, params))
     return out
 
 
