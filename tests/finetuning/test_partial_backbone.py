@@ -10,7 +10,8 @@ import torch
 
 from tests.helpers import (REPO, STRATEGY_BASE, TINY_MODEL, Recorder, fit, make_imagefolder, run_cli, tiny_data,
                            tiny_model, tiny_trainer)
-from tlx.finetuning import L2SP, FinetuneStrategy, FinetuningError, FullFinetune, GradualUnfreeze, LayerDecay, LoRA
+from tlx.finetuning import (L2SP, BitFit, FinetuneStrategy, FinetuningError, FreezeUnfreeze, FullFinetune, GradualUnfreeze,
+                            LayerDecay, LoRA)
 from tlx.finetuning.lora import LoRALayer
 from tlx.speed import FeatureCache
 
@@ -25,6 +26,8 @@ STRATEGIES = {
     "gradual": lambda: [GradualUnfreeze(unfreeze_every=1)],
     "lora": lambda: [LoRA(target_modules=["*"], rank=2, save_merged=False)],
     "l2sp": lambda: [FullFinetune(backbone_lr_scale=1.0), L2SP(alpha=0.1)],
+    "freeze_unfreeze": lambda: [FreezeUnfreeze(unfreeze_at_epoch=1, backbone_lr_scale=0.5, warmup_steps=2)],
+    "bitfit": lambda: [BitFit()],
 }
 
 
@@ -81,6 +84,14 @@ def test_strategy_trains_the_top_only_and_the_checkpoint_predicts_on_images(name
         anchors = set(strategy[1]._reference)
         assert anchors and not [n for n in anchors if in_bottom(f"backbone.{n}.")]
         assert anchors == {n for n, _ in model.backbone.named_parameters() if not in_bottom(f"backbone.{n}")}
+    if name == "freeze_unfreeze":  # the whole top from epoch 1, in the one group "backbone"
+        trained = [{n for n in t if n.startswith("backbone.")} for _, t, _ in recorder.epochs]
+        assert trained[0] == set() and trained[1] == trained[2] == {n for n in names.values() if n.startswith("backbone.") and not in_bottom(n)}
+        assert scales == {"head": 1.0, "backbone": 0.5}
+        assert set(strategy[0].warmup.unfrozen_at) == {"backbone"}  # its warm-up ramps that group
+    if name == "bitfit":  # the top's biases only
+        assert {n for n in handed if n.startswith("backbone.")} == {
+            n for n in names.values() if n.startswith("backbone.") and n.endswith(".bias") and not in_bottom(n)}
     if name == "plain":
         assert set(handed) == {n for n in names.values() if not in_bottom(n)}
 

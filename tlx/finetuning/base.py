@@ -106,7 +106,8 @@ class FinetuneStrategy(BaseFinetuning):
         """The part of the backbone that can train, as one group (its largest whole modules)."""
         if not self.bottom:
             return LayerGroup("backbone", [pl_module.backbone], list(pl_module.backbone.parameters()))
-        return layer_groups(pl_module.backbone, num_groups=1, frozen=self.bottom)[0]
+        (top,) = layer_groups(pl_module.backbone, num_groups=1, frozen=self.bottom)
+        return LayerGroup("backbone", top.modules, top.params)  # the optimizer group's name (warm-up keys on it)
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
         pass
