@@ -63,6 +63,23 @@ def _stage_names(model: nn.Module) -> list[str]:
         return []
 
 
+def bottom_names(backbone: nn.Module, cut: str) -> list[str]:
+    """The chain's modules (names relative to the backbone's ``model``) up to and including ``cut``:
+    the part a cut freezes. A cut that is not a cut point is refused with the valid ones named."""
+    model = getattr(backbone, "model", backbone)
+    links, stages = _chain(model)
+    valid = cut_points(model)
+    if cut not in valid:
+        stages_hint = [s for s in _stage_names(model) if s in valid]
+        hint = f" (timm's stages: {', '.join(stages_hint)})" if stages_hint else ""
+        raise BackboneError(
+            f"FeatureCache cut {cut!r} is not a cut point of {getattr(backbone, 'name', type(model).__name__)}"
+            f"{hint}; valid cut points, in forward order: {', '.join(valid)}.{close_names(cut, valid)}"
+        )
+    names = [n for n, _ in links]
+    return names[: names.index(stages.get(cut, cut)) + 1]
+
+
 class BackboneBottom(nn.Module):
     """The frozen part: the chain's modules up to the cut, run in order."""
 
@@ -83,14 +100,16 @@ class BackboneTop(nn.Module):
     caller holds it. The shallow copies follow their originals' train/eval mode at each call.
     """
 
-    def __init__(self, view: nn.Module, copies: list[tuple[nn.Module, nn.Module]]):
+    def __init__(self, view: nn.Module, copies: list[tuple[nn.Module, nn.Module, set[str]]]):
         super().__init__()
         self.view = view
-        self._copies = copies  # (copy, original) pairs: plain list, not submodules
+        self._copies = copies  # (copy, original, children cut away) triples: plain list, not submodules
 
     def forward(self, x: Tensor) -> Tensor:
-        for clone, original in self._copies:
+        for clone, original, cut_away in self._copies:
             clone.training = original.training
+            # A child swapped in the original after the cut (LoRA wrapping conv_head) is followed.
+            clone._modules.update((n, m) for n, m in original._modules.items() if n not in cut_away)
         return self.view(x)
 
 
@@ -102,29 +121,22 @@ def split_backbone(backbone: nn.Module, cut: str, probe_size: int | None = None)
     ``probe_size`` image; default: the backbone's preprocessing input size, else 224).
     """
     model = getattr(backbone, "model", backbone)
-    links, stages = _chain(model)
-    valid = cut_points(model)
-    if cut not in valid:
-        stages_hint = [s for s in _stage_names(model) if s in valid]
-        hint = f" (timm's stages: {', '.join(stages_hint)})" if stages_hint else ""
-        raise BackboneError(
-            f"FeatureCache cut {cut!r} is not a cut point of {getattr(backbone, 'name', type(model).__name__)}"
-            f"{hint}; valid cut points, in forward order: {', '.join(valid)}.{close_names(cut, valid)}"
-        )
-    last = stages.get(cut, cut)
-    end = [n for n, _ in links].index(last) + 1
-    bottom = BackboneBottom([m for _, m in links[:end]])
+    links = dict(_chain(model)[0])
+    names = bottom_names(backbone, cut)
+    bottom = BackboneBottom([links[n] for n in names])
     view = _shallow(model)
-    copies = [(view, model)]
-    for name, _ in links[:end]:
+    copies = [(view, model, set())]
+    for name in names:
         parent, _, child = name.rpartition(".")
-        holder = view
+        entry = copies[0]
         if parent:  # a block of an opened stage: the stage is copied (once) too
             if view._modules[parent] is model._modules[parent]:
                 view._modules[parent] = _shallow(model._modules[parent])
-                copies.append((view._modules[parent], model._modules[parent]))
-            holder = view._modules[parent]
-        holder._modules[child] = nn.Identity()
+                copies.append((view._modules[parent], model._modules[parent], set()))
+                copies[0][2].add(parent)
+            entry = next(c for c in copies if c[0] is view._modules[parent])
+        entry[0]._modules[child] = nn.Identity()
+        entry[2].add(child)
     top = BackboneTop(view, copies)
     prep = getattr(backbone, "preprocessing", None)
     _check_chain(backbone, bottom, top, cut, probe_size or getattr(prep, "input_size", 224))

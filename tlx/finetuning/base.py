@@ -13,6 +13,9 @@ start), with its known traps fixed rather than inherited:
   ``setup``); the model builds the optimizer and applies the LR scales once (:mod:`tlx.optim`).
 * The state of an epoch (which groups are unfrozen) is a function of the epoch alone, applied
   again when a run resumes, even mid-epoch.
+* With a bottom frozen for the run (:mod:`~tlx.finetuning.trainable`: a cut backbone's cached
+  bottom), every strategy works on the part above it (``self.bottom``, resolved in ``setup``):
+  its layer groups, its parameters; a bottom parameter in an optimizer group is refused.
 
 The parts, each readable alone: :mod:`~tlx.finetuning.freezing` (gradients and modes),
 :mod:`~tlx.finetuning.bn_policy`, :mod:`~tlx.finetuning.warmup` (LR ramp after an unfreeze),
@@ -31,8 +34,9 @@ from torch.optim import Optimizer
 
 from tlx.finetuning.ddp_grads import LateGradientAverager
 from tlx.finetuning.freezing import Freezer
-from tlx.finetuning.groups import FinetuningError, LayerGroup
+from tlx.finetuning.groups import FinetuningError, LayerGroup, layer_groups
 from tlx.finetuning.report import CountReport
+from tlx.finetuning.trainable import backbone_parameters, frozen_bottom
 from tlx.finetuning.warmup import UnfreezeWarmup
 from tlx.optim import ParamGroup
 
@@ -67,6 +71,7 @@ class FinetuneStrategy(BaseFinetuning):
         self.ddp = LateGradientAverager()
         self.report = CountReport(type(self).__name__)
         self._groups: list[ParamGroup] = []
+        self.bottom: tuple[str, ...] = ()  # the backbone's modules frozen for the run (set in setup)
         self._applied_epoch: int | None = None
         self._modes_stale = False
 
@@ -90,8 +95,19 @@ class FinetuneStrategy(BaseFinetuning):
         """Named optimizer groups, including frozen parameters that will be unfrozen later."""
         return [
             ParamGroup("head", head_params(pl_module)),
-            ParamGroup("backbone", list(pl_module.backbone.parameters()), self.backbone_lr_scale),
+            ParamGroup("backbone", self.backbone_params(pl_module), self.backbone_lr_scale),
         ]
+
+    def backbone_params(self, pl_module: LightningModule) -> list[nn.Parameter]:
+        """The backbone's parameters above the bottom frozen for the run (all of them without one)."""
+        return [p for _, p in backbone_parameters(pl_module.backbone, self.bottom)]
+
+    def backbone_group(self, pl_module: LightningModule) -> LayerGroup:
+        """The part of the backbone that can train, as one group (its largest whole modules)."""
+        if not self.bottom:
+            return LayerGroup("backbone", [pl_module.backbone], list(pl_module.backbone.parameters()))
+        (top,) = layer_groups(pl_module.backbone, num_groups=1, frozen=self.bottom)
+        return LayerGroup("backbone", top.modules, top.params)  # the optimizer group's name (warm-up keys on it)
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
         pass
@@ -110,8 +126,12 @@ class FinetuneStrategy(BaseFinetuning):
     # ---- what the model asks for (tlx.optim.ParamGroupsProvider) ------------------------------
     def param_groups(self, pl_module: nn.Module) -> list[ParamGroup]:
         seen: set[int] = set()
+        bottom = {id(p) for _, p in backbone_parameters(pl_module.backbone, self.bottom, trainable=False)}
         groups = []
         for g in self.groups(pl_module):
+            if any(id(p) in bottom for p in g.params):
+                raise FinetuningError(f"{type(self).__name__}: group {g.name!r} holds parameters of the backbone's "
+                                      f"frozen bottom ({', '.join(self.bottom)}), which never trains.")
             if any(id(p) in seen for p in g.params):
                 raise FinetuningError(f"{type(self).__name__}: a parameter of group {g.name!r} is already in another group.")
             seen.update(id(p) for p in g.params)
@@ -129,6 +149,7 @@ class FinetuneStrategy(BaseFinetuning):
             raise FinetuningError(f"Several fine-tuning strategies in trainer.callbacks ({type(provider).__name__}, "
                                   f"{type(self).__name__}): keep one.")
         pl_module.param_groups_provider = self
+        self.bottom = frozen_bottom(trainer, pl_module)
         self.freezer.reset()
         super().setup(trainer, pl_module, stage)  # -> freeze_before_training, before DDP wraps the model
         if stage == "fit":

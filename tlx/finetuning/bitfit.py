@@ -5,6 +5,7 @@ from __future__ import annotations
 from lightning.pytorch import LightningModule
 
 from tlx.finetuning.base import FinetuneStrategy, head_params
+from tlx.finetuning.trainable import backbone_parameters
 from tlx.optim import ParamGroup
 
 
@@ -25,7 +26,7 @@ class BitFit(FinetuneStrategy):
         self.backbone_lr_scale = backbone_lr_scale
 
     def _biases(self, pl_module: LightningModule):
-        return [p for n, p in pl_module.backbone.named_parameters() if n.rpartition(".")[2] == "bias"]
+        return [p for n, p in backbone_parameters(pl_module.backbone, self.bottom) if n.rpartition(".")[2] == "bias"]
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
         pl_module.backbone.requires_grad_(False)

@@ -16,6 +16,7 @@ from torch import nn
 
 from tlx.compat import BatchNormBase
 from tlx.errors import TLXError
+from tlx.finetuning.trainable import in_bottom
 
 _NORM = (BatchNormBase, nn.GroupNorm, nn.LayerNorm)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -121,13 +122,32 @@ def merge_groups(groups: list[LayerGroup], num_groups: int) -> list[LayerGroup]:
     return merged
 
 
-def layer_groups(backbone: nn.Module, num_groups: int | None = None, fine: bool = False) -> list[LayerGroup]:
+def _above(model: nn.Module, groups: list[LayerGroup], frozen: tuple[str, ...] | list[str]) -> list[LayerGroup]:
+    """``groups`` less the frozen bottom's parameters; groups left empty are dropped."""
+    bottom = {id(p) for n, p in model.named_parameters() if in_bottom(n, frozen)}
+    out = []
+    for g in groups:
+        params = [p for p in g.params if id(p) not in bottom]
+        if len(params) == len(g.params):
+            out.append(g)
+        elif params:  # a group the cut goes through: its modules above the cut, named after them
+            modules = _owning_modules(model, params)
+            names = {id(m): n for n, m in model.named_modules()}
+            out.append(LayerGroup(_common_name([names[id(m)] for m in modules]), modules, params))
+    return out
+
+
+def layer_groups(backbone: nn.Module, num_groups: int | None = None, fine: bool = False,
+                 frozen: tuple[str, ...] | list[str] = ()) -> list[LayerGroup]:
     """The backbone's layer groups, bottom (input side) first, named ``backbone.<modules>``.
 
     Args:
         backbone: a :class:`tlx.backbones.Backbone` (its ``.model`` is grouped) or any module.
         num_groups: merge neighbouring groups down to this many.
         fine: for timm models, one group per block instead of per stage.
+        frozen: the bottom frozen for the run (module names relative to ``model``,
+            :func:`tlx.finetuning.trainable.frozen_bottom`): the groups are those of the part
+            above it, so ``num_groups`` and depths count within the part that trains.
     """
     model = getattr(backbone, "model", backbone)
     if hasattr(model, "group_matcher"):
@@ -141,6 +161,8 @@ def layer_groups(backbone: nn.Module, num_groups: int | None = None, fine: bool 
         if not groups:
             groups = [LayerGroup("model", [model])]
         groups[-1].params.extend(leftover)
+    if frozen:
+        groups = _above(model, groups, frozen)
     if num_groups is not None:
         groups = merge_groups(groups, num_groups)
     for g in groups:

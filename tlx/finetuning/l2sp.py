@@ -6,6 +6,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
+from tlx.finetuning.trainable import backbone_parameters, frozen_bottom
+
 
 class L2SP(Callback):
     """Adds ``alpha/2 ||w - w0||^2`` over the backbone (``w0``: its pretrained weights) and
@@ -16,7 +18,8 @@ class L2SP(Callback):
     to the loss; its value is logged as ``train/l2sp``. Combine it with any strategy (or none);
     set the optimizer's ``weight_decay`` to 0, since decay toward zero is what L2-SP replaces.
     ``w0`` is taken in ``setup``, before a checkpoint's weights load, so resumed runs keep
-    pulling toward the pretrained weights.
+    pulling toward the pretrained weights; with a bottom frozen for the run (a cut backbone's
+    cache), over the part above it only.
 
     Args:
         alpha: strength of the pull toward the pretrained backbone (the paper uses 0.01 to 0.1).
@@ -31,7 +34,9 @@ class L2SP(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and not self._reference:
-            self._reference = {n: p.detach().clone() for n, p in pl_module.backbone.named_parameters()}
+            # Anchors above a bottom frozen for the run only (tlx.finetuning.trainable): it never moves.
+            bottom = frozen_bottom(trainer, pl_module)
+            self._reference = {n: p.detach().clone() for n, p in backbone_parameters(pl_module.backbone, bottom)}
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         penalty = torch.zeros((), device=pl_module.device)

@@ -25,7 +25,7 @@ class LayerwiseStrategy(FinetuneStrategy):
         self._layer_groups: list[LayerGroup] = []
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
-        self._layer_groups = layer_groups(pl_module.backbone, self.num_groups, self.fine)
+        self._layer_groups = layer_groups(pl_module.backbone, self.num_groups, self.fine, frozen=self.bottom)
 
     def scale(self, depth: int, n: int) -> float:
         """LR scale of the group ``depth`` steps below the head (head: depth 0), of ``n`` groups."""

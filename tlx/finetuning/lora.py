@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from tlx.finetuning.base import FinetuneStrategy, head_params
 from tlx.finetuning.groups import FinetuningError
+from tlx.finetuning.trainable import in_bottom
 from tlx.optim import ParamGroup
 
 log = logging.getLogger("tlx")
@@ -78,21 +79,24 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
-def inject_lora(model: nn.Module, target_modules: list[str], rank: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> list[str]:
+def inject_lora(model: nn.Module, target_modules: list[str], rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                exclude: tuple[str, ...] | list[str] = ()) -> list[str]:
     """Wrap every Linear / Conv2d (groups=1) of ``model`` whose name matches a glob pattern in
-    ``target_modules``; returns the wrapped names. Already wrapped layers are left as they are."""
+    ``target_modules``, outside the modules named in ``exclude`` (a frozen bottom); returns the
+    wrapped names. Already wrapped layers are left as they are."""
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALayer)]
     if wrapped:
         return wrapped
     candidates = [
         (n, m) for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+        if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)) and not in_bottom(n, exclude)
     ]
     chosen = [(n, m) for n, m in candidates if any(fnmatch.fnmatchcase(n, pat) for pat in target_modules)]
     if not chosen:
         examples = ", ".join(n for n, _ in candidates[:8])
+        where = f"the backbone above its frozen bottom ({', '.join(exclude)})" if exclude else "the backbone"
         raise FinetuningError(
-            f"LoRA target_modules {target_modules} match no Linear or Conv2d (groups=1) layer of the backbone; "
+            f"LoRA target_modules {target_modules} match no Linear or Conv2d (groups=1) layer of {where}; "
             f"its layers are named like: {examples} (glob patterns, e.g. '*conv_pw*', 'layer4.*')."
         )
     for name, module in chosen:
@@ -159,7 +163,9 @@ class LoRA(FinetuneStrategy):
     def freeze_before_training(self, pl_module: LightningModule) -> None:
         # Runs in setup for every stage: a LoRA run's checkpoint holds the adapters, so
         # validate/test/predict need them in place before it loads.
-        names = inject_lora(pl_module.backbone.model, self.target_modules, self.rank, self.alpha, self.dropout)
+        # Above a frozen bottom only (its layers never run in training; tlx.finetuning.trainable).
+        names = inject_lora(pl_module.backbone.model, self.target_modules, self.rank, self.alpha, self.dropout,
+                            exclude=self.bottom)
         log.info("LoRA (rank %d, alpha %g) on %d backbone layers.", self.rank, self.alpha, len(names))
         for n, p in pl_module.backbone.named_parameters():
             p.requires_grad_(".lora_" in f".{n}")

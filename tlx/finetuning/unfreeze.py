@@ -6,7 +6,6 @@ from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 
 from tlx.finetuning.base import FinetuneStrategy
-from tlx.finetuning.groups import LayerGroup
 
 
 class FreezeUnfreeze(FinetuneStrategy):
@@ -35,12 +34,9 @@ class FreezeUnfreeze(FinetuneStrategy):
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.backbone_lr_scale = backbone_lr_scale
 
-    def _backbone(self, pl_module: LightningModule) -> LayerGroup:
-        return LayerGroup("backbone", [pl_module.backbone], list(pl_module.backbone.parameters()))
-
     def freeze_before_training(self, pl_module: LightningModule) -> None:
-        self.freeze_group(self._backbone(pl_module))
+        self.freeze_group(self.backbone_group(pl_module))
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
         if epoch >= self.unfreeze_at_epoch:
-            self.unfreeze_group(self._backbone(pl_module), pl_module)
+            self.unfreeze_group(self.backbone_group(pl_module), pl_module)

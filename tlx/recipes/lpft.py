@@ -106,7 +106,7 @@ class LinearProbeFinetune(FinetuneStrategy):
 
     # ---- which groups train ------------------------------------------------------------------
     def _split(self, pl_module: LightningModule) -> tuple[list[LayerGroup], list[LayerGroup]]:
-        groups = layer_groups(pl_module.backbone)
+        groups = layer_groups(pl_module.backbone, frozen=self.bottom)
         k = max(1, round(len(groups) * self.finetune_top))
         return groups[-k:], groups[:-k]
 

@@ -37,7 +37,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from tlx.backbones.cut import split_backbone
+from tlx.backbones.cut import bottom_names, split_backbone
 from tlx.data.folders import files_digest
 from tlx.errors import TLXError
 from tlx.features import extract_features, feature_loader, features_cache_key
@@ -60,8 +60,9 @@ class FeatureCache(Callback):
     stages and the head on a frozen bottom's activations (see the module docs).
 
     Needs a frozen backbone (add :class:`tlx.finetuning.FreezeBackbone`, ``train_bn: false``),
-    unless ``cut`` is given (list this callback after any fine-tuning strategy then, so that the
-    bottom it freezes in ``setup`` stays frozen), and an :class:`~tlx.data.ImageFolderDataModule` (anything with ``eval_dataset(split)``,
+    unless ``cut`` is given: then a fine-tuning strategy (layer decay, gradual unfreezing, LoRA,
+    L2-SP...), listed before or after this callback, works on the part above the cut
+    (:meth:`frozen_bottom`, :mod:`tlx.finetuning.trainable`), and an :class:`~tlx.data.ImageFolderDataModule` (anything with ``eval_dataset(split)``,
     ``train_dataset()`` and ``serve_features``/``serve_images``). A data module with several
     training splits (``train_splits``: a domain-adaptation module's ``source`` and ``target``, with
     ``train_dataset(split)``) gets one cached loader per split, each with its augmented views.
@@ -125,6 +126,11 @@ class FeatureCache(Callback):
                 raise TLXError("FeatureCache needs a model with a `backbone` (tlx.models.ImageClassifier).")
             self.split = split_backbone(backbone, self.cut)
             self.split[0].requires_grad_(False)
+
+    def frozen_bottom(self, pl_module: LightningModule) -> list[str]:
+        """The backbone's modules this cache freezes for the run (the bottom of the cut), which the
+        fine-tuning strategies leave out (:func:`tlx.finetuning.trainable.frozen_bottom`)."""
+        return bottom_names(pl_module.backbone, self.cut) if self.cut is not None else []
 
     def _network(self, pl_module: LightningModule) -> torch.nn.Module:
         """What the cache runs: the bottom of the cut, or the whole backbone."""
