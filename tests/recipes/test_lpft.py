@@ -113,13 +113,13 @@ def test_reestimated_bn_statistics_are_what_the_probe_and_the_fall_back_use(tmp_
 
 
 def test_bn_statistics_chosen_by_the_probes_validation(tmp_path):
-    _, _, lpft, _ = _fit(tmp_path, max_steps=1)
+    _, _, lpft, _ = _fit(tmp_path, max_steps=1, reestimate_bn=None)
     choice = lpft.bn_choice
     better = "reestimated" if choice["reestimated_acc"] > choice["pretrained_acc"] else "pretrained"
     assert choice["kept"] == better
     assert lpft.probe_acc == max(choice["reestimated_acc"], choice["pretrained_acc"])
     assert (lpft.bn_start is not None) == (better == "reestimated")
-    _, _, never, _ = _fit(tmp_path / "never", max_steps=1, reestimate_bn=False)
+    _, _, never, _ = _fit(tmp_path / "never", max_steps=1)  # the default: never
     assert never.bn_choice == {} and never.bn_start is None
 
 

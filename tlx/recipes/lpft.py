@@ -71,7 +71,7 @@ class LinearProbeFinetune(FinetuneStrategy):
         freeze_bn_stats: ``None``: by the rule above; ``True``/``False`` to force it.
         reestimate_bn: ``None``: the fine-tuned layers' BatchNorm statistics are re-estimated on
             the training images and kept if the probe fitted under them validates better than
-            under the pretrained ones; ``True``/``False``: always / never re-estimate.
+            under the pretrained ones; ``True``/``False``: always / never (the default) re-estimate.
         probe_epochs, probe_lr, probe_weight_decay, probe_batch_size: the probe's fit.
         extract_batch_size: batch size of the feature extraction.
     """
@@ -84,7 +84,7 @@ class LinearProbeFinetune(FinetuneStrategy):
         max_steps: int = 300,
         validations: int = 4,
         freeze_bn_stats: bool | None = None,
-        reestimate_bn: bool | None = None,
+        reestimate_bn: bool | None = False,
         probe_epochs: int = 15,
         probe_lr: float = 3e-3,
         probe_weight_decay: float = 0.01,
