@@ -176,7 +176,13 @@ def main() -> None:
     parser.add_argument("--tutorial-epochs", type=int, default=TUTORIAL_EPOCHS)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", default=None, help="write the recipe's rows here (JSON)")
+    parser.add_argument("--table", default=None, metavar="ROWS_JSON",
+                        help="print the table of stored rows (an --out file) beside the baselines, run nothing")
     args = parser.parse_args()
+    if args.table:
+        rows = {k: v for k, v in json.loads(Path(args.table).read_text()).items() if not k.startswith("_")}
+        print(table(rows, json.loads(Path(args.baselines).read_text())))
+        return
     logging.basicConfig(format="[tlx] %(levelname)s: %(message)s")
     logging.getLogger("tlx").setLevel(logging.INFO)  # the recipe's probe / outcome lines
     sys.argv[1:] = []  # the runs get their arguments as a list (LightningCLI warns when both are given)
