@@ -45,6 +45,11 @@ class HeadAtStart(Callback):
         self.head = {k: v.clone() for k, v in pl_module.head.state_dict().items()}
 
 
+class ModesAtStart(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.bn = [m.training for m in pl_module.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
 class ShiftClassesAfterEachStep(Callback):
     """Sabotage: the head's rows rolled by one class after every step, so fine-tuning's
     validations are worse than the probe's."""
@@ -67,8 +72,11 @@ def _fit(tmp_path, *callbacks, lr=3e-4, max_steps=6, **lpft_kwargs):
 
 
 def test_finetuning_starts_from_the_probes_head(tmp_path):
-    start = HeadAtStart()
-    trainer, model, lpft, _ = _fit(tmp_path, start)
+    start, modes = HeadAtStart(), ModesAtStart()
+    trainer, model, lpft, _ = _fit(tmp_path, start, modes)
+    # the probe's feature extraction leaves the frozen statistics frozen (small data: the BN rule
+    # freezes every BatchNorm): fine-tuning starts from the features the probe was fitted on
+    assert lpft.freeze_bn_stats and modes.bn and not any(modes.bn)
     assert lpft.probe_head is not None and lpft.probe_acc is not None
     for name, value in lpft.probe_head.items():
         assert torch.equal(start.head[name], value)

@@ -76,5 +76,5 @@ def reestimate_bn_stats(network: nn.Module, layers: list[nn.Module], dataset: Da
         for bn, momentum in momenta.items():
             bn.momentum = momentum
         for m, training in modes.items():
-            m.train(training)
+            m.training = training
     return before
