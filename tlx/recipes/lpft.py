@@ -13,7 +13,9 @@
    what distorts them.
 3. BatchNorm by rule: running statistics stay frozen (the pretrained ones, which the probe was
    fitted under) unless batches and data are large enough to re-estimate them well
-   (``per-device batch >= 64`` and ``>= 10,000`` training images).
+   (``per-device batch >= 64`` and ``>= 10,000`` training images). ``reestimate_bn`` (off by
+   default, not yet measured on the suite) re-estimates the fine-tuned layers' statistics on the
+   training images instead (:mod:`tlx.recipes.bn_stats`), kept where the probe validates better.
 4. Never worse than the probe: if no validation of the fine-tuning beats the probe's validation
    accuracy, the probe's model (pretrained backbone, probe head) is the result: it is loaded into
    the model and written over the best checkpoint, and the run says so. Every outcome line gives
