@@ -49,6 +49,7 @@ from tlx.recipes.suite_data import DATASETS, materialize  # noqa: E402
 DATA = REPO / ".." / "shared" / "data"
 BASELINES = REPO / "scripts" / "recipe_suite_baselines.json"
 TUTORIAL_EPOCHS = 25
+log = logging.getLogger("tlx")
 
 
 def cpu_seconds() -> float:
@@ -143,6 +144,24 @@ def table(rows: dict[str, dict], baselines: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def add_baseline(path: Path, name: str, kind: str, root: Path, work: Path, args: argparse.Namespace) -> dict:
+    """Compute one baseline of one dataset unless the file has it; written at once (read again
+    first: several suites may fill the file, each its own datasets). Returns the whole file."""
+    baselines = json.loads(path.read_text()) if path.is_file() else {}
+    base = baselines.setdefault(name, {})
+    if kind in base and not args.recompute_baselines:
+        return baselines
+    if kind == "linear_probe":
+        run = run_probe(root, work / "runs" / f"{name}_probe")
+    else:
+        run = run_tutorial(kind.removeprefix("tutorial_"), root, args.tutorial_epochs)
+    baselines = json.loads(path.read_text()) if path.is_file() else {}
+    baselines.setdefault(name, {})[kind] = run
+    path.write_text(json.dumps(baselines, indent=1) + "\n")
+    log.info("%s %s: %s", name, kind, pct(run["best"]))
+    return baselines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="*", default=[d.name for d in DATASETS], choices=[d.name for d in DATASETS])
@@ -151,10 +170,19 @@ def main() -> None:
     parser.add_argument("--baselines", default=str(BASELINES))
     parser.add_argument("--recompute-baselines", action="store_true")
     parser.add_argument("--no-baselines", action="store_true", help="do not compute missing baselines")
+    parser.add_argument("--baselines-only", action="store_true", help="compute missing baselines, run no recipe")
+    parser.add_argument("--probes-first", action="store_true",
+                        help="every dataset's linear probe before any tutorial loop")
     parser.add_argument("--tutorial-epochs", type=int, default=TUTORIAL_EPOCHS)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", default=None, help="write the recipe's rows here (JSON)")
+    parser.add_argument("--table", default=None, metavar="ROWS_JSON",
+                        help="print the table of stored rows (an --out file) beside the baselines, run nothing")
     args = parser.parse_args()
+    if args.table:
+        rows = {k: v for k, v in json.loads(Path(args.table).read_text()).items() if not k.startswith("_")}
+        print(table(rows, json.loads(Path(args.baselines).read_text())))
+        return
     logging.basicConfig(format="[tlx] %(levelname)s: %(message)s")
     logging.getLogger("tlx").setLevel(logging.INFO)  # the recipe's probe / outcome lines
     sys.argv[1:] = []  # the runs get their arguments as a list (LightningCLI warns when both are given)
@@ -163,25 +191,27 @@ def main() -> None:
     work = Path(args.work)
     path = Path(args.baselines)
     rows, baselines = {}, {}
-    by_name = {d.name: d for d in DATASETS}
-    for dataset in (by_name[n] for n in args.datasets):  # in the order given: the cheap ones first
-        root = materialize(dataset, DATA, work / "data")
-        # read again per dataset: several suites may fill the file, each its own datasets
-        baselines = json.loads(path.read_text()) if path.is_file() else {}
-        base = baselines.setdefault(dataset.name, {})
-        if not args.no_baselines:
-            for mode in ("frozen", "finetune"):
-                if args.recompute_baselines or f"tutorial_{mode}" not in base:
-                    base[f"tutorial_{mode}"] = run_tutorial(mode, root, args.tutorial_epochs)
-            if args.recompute_baselines or "linear_probe" not in base:
-                base["linear_probe"] = run_probe(root, work / "runs" / f"{dataset.name}_probe")
-            path.write_text(json.dumps(baselines, indent=1) + "\n")
-        rows[dataset.name] = run_recipe(root, work / "runs" / dataset.name, args.config)
-        print(table({dataset.name: rows[dataset.name]}, baselines).splitlines()[-1], flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
-    print()
-    print(table(rows, baselines))
+    datasets = [{d.name: d for d in DATASETS}[n] for n in args.datasets]  # in the order given: cheap ones first
+    roots = {d.name: materialize(d, DATA, work / "data") for d in datasets}
+    kinds = [] if args.no_baselines else ["linear_probe", "tutorial_frozen", "tutorial_finetune"]
+    # --probes-first: every probe (seconds) before any tutorial loop (an hour), so a cut-short run has them all
+    passes = [kinds[:1], kinds[1:]] if args.probes_first and kinds else [kinds]
+    for i, pass_kinds in enumerate(passes):
+        for dataset in datasets:
+            for kind in pass_kinds:
+                baselines = add_baseline(path, dataset.name, kind, roots[dataset.name], work, args)
+            last = i == len(passes) - 1
+            if args.baselines_only or not last:
+                continue
+            if not kinds:
+                baselines = json.loads(path.read_text()) if path.is_file() else {}
+            rows[dataset.name] = run_recipe(roots[dataset.name], work / "runs" / dataset.name, args.config)
+            print(table({dataset.name: rows[dataset.name]}, baselines).splitlines()[-1], flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    if rows:
+        print()
+        print(table(rows, baselines))
 
 
 if __name__ == "__main__":

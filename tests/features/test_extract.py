@@ -93,3 +93,14 @@ def test_the_model_takes_features_only_when_told():
         model.take_features(False)
         assert torch.allclose(model(images), model.head(feats))
     assert isinstance(model.preprocessing, Preprocessing)
+
+
+def test_every_modules_own_mode_is_restored():
+    # a fine-tuning strategy's frozen part (eval) inside a network in train mode stays eval:
+    # a plain network.train() afterwards would put its BatchNorm back on batch statistics
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+    net.train()
+    net[1].eval()
+    data = torch.utils.data.TensorDataset(torch.randn(4, 3, 2, 2), torch.zeros(4, dtype=torch.long))
+    extract_features(net, data, batch_size=2, precision="32")
+    assert [m.training for m in net.modules()] == [True, True, False, True]

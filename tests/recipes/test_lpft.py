@@ -45,6 +45,11 @@ class HeadAtStart(Callback):
         self.head = {k: v.clone() for k, v in pl_module.head.state_dict().items()}
 
 
+class ModesAtStart(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.bn = [m.training for m in pl_module.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
 class ShiftClassesAfterEachStep(Callback):
     """Sabotage: the head's rows rolled by one class after every step, so fine-tuning's
     validations are worse than the probe's."""
@@ -55,11 +60,11 @@ class ShiftClassesAfterEachStep(Callback):
                 p.copy_(p.roll(1, dims=0))
 
 
-def _fit(tmp_path, *callbacks, lr=3e-4, max_steps=6):
+def _fit(tmp_path, *callbacks, lr=3e-4, max_steps=6, **lpft_kwargs):
     data = make_imagefolder(tmp_path / "data", classes=("cat", "dog", "fox"), n_train=8, n_val=4)
     model = ImageClassifier(**TINY_MODEL, optimizer=lambda p: torch.optim.AdamW(p, lr=lr))
     dm = ImageFolderDataModule(str(data), batch_size=4, num_workers=0)
-    lpft = LinearProbeFinetune(min_steps=1, probe_epochs=30, probe_lr=0.05)
+    lpft = LinearProbeFinetune(min_steps=1, probe_epochs=30, probe_lr=0.05, **lpft_kwargs)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", filename="best")
     trainer = tiny_trainer(tmp_path, max_steps=max_steps, callbacks=[lpft, ckpt, *callbacks], enable_checkpointing=True)
     trainer.fit(model, datamodule=dm)
@@ -67,8 +72,11 @@ def _fit(tmp_path, *callbacks, lr=3e-4, max_steps=6):
 
 
 def test_finetuning_starts_from_the_probes_head(tmp_path):
-    start = HeadAtStart()
-    trainer, model, lpft, _ = _fit(tmp_path, start)
+    start, modes = HeadAtStart(), ModesAtStart()
+    trainer, model, lpft, _ = _fit(tmp_path, start, modes)
+    # the probe's feature extraction leaves the frozen statistics frozen (small data: the BN rule
+    # freezes every BatchNorm): fine-tuning starts from the features the probe was fitted on
+    assert lpft.freeze_bn_stats and modes.bn and not any(modes.bn)
     assert lpft.probe_head is not None and lpft.probe_acc is not None
     for name, value in lpft.probe_head.items():
         assert torch.equal(start.head[name], value)
@@ -92,6 +100,35 @@ def test_falls_back_to_the_probe_when_finetuning_is_worse(tmp_path, caplog):
         assert torch.equal(saved[f"head.{name}"], value)
     assert all(torch.equal(saved[f"backbone.{k}"], v) for k, v in lpft._backbone_start.items())
     assert float(ckpt.best_model_score) == pytest.approx(lpft.probe_acc)
+
+
+def test_reestimated_bn_statistics_are_what_the_probe_and_the_fall_back_use(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="tlx"):
+        trainer, model, lpft, ckpt = _fit(tmp_path, ShiftClassesAfterEachStep(), reestimate_bn=True)
+    choice = lpft.bn_choice
+    assert choice["kept"] == "reestimated" and choice["shift"] > 0 and "re-estimated on the training images" in caplog.text
+    assert lpft.probe_acc == choice["reestimated_acc"]
+    # the fall-back restores the re-estimated statistics (the ones the probe head was fitted under),
+    # not the pretrained ones, also when rebuilt after a resume (bn_start in the callback's state)
+    assert lpft.outcome["result"] == "probe" and lpft.bn_start
+    fresh = {f"backbone.{k}": v for k, v in lpft._pretrained_state(model).items()}
+    saved = torch.load(ckpt.best_model_path, weights_only=True)["state_dict"]
+    for name, value in lpft.bn_start.items():
+        assert torch.equal(saved[f"backbone.{name}"], value) and torch.equal(fresh[f"backbone.{name}"], value)
+    assert any(not torch.equal(lpft.bn_start[n], ImageClassifier(**TINY_MODEL).backbone.state_dict()[n])
+               for n in lpft.bn_start if "running_mean" in n)
+    assert lpft.state_dict()["bn_start"] is lpft.bn_start
+
+
+def test_bn_statistics_chosen_by_the_probes_validation(tmp_path):
+    _, _, lpft, _ = _fit(tmp_path, max_steps=1, reestimate_bn=None)
+    choice = lpft.bn_choice
+    better = "reestimated" if choice["reestimated_acc"] > choice["pretrained_acc"] else "pretrained"
+    assert choice["kept"] == better
+    assert lpft.probe_acc == max(choice["reestimated_acc"], choice["pretrained_acc"])
+    assert (lpft.bn_start is not None) == (better == "reestimated")
+    _, _, never, _ = _fit(tmp_path / "never", max_steps=1)  # the default: never
+    assert never.bn_choice == {} and never.bn_start is None
 
 
 def test_the_default_recipe_only_without_a_model_config(tmp_path):

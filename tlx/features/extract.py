@@ -144,12 +144,15 @@ def extract_features(
         return list(zip(torch.cat(feats), torch.cat(labels))) if feats else []
 
     start = time.perf_counter()
-    was_training = network.training
+    # every module's own mode back, not network.train(): that would put a fine-tuning strategy's
+    # frozen parts and frozen BatchNorm statistics back into train mode
+    modes = {m: m.training for m in network.modules()}
     network.eval()
     try:
         passes = [build_shared(range(len(dataset)), run) for _ in range(views)]
     finally:
-        network.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     stats["seconds"] = time.perf_counter() - start
     features = torch.stack([torch.stack([f for f, _ in p]) for p in passes], dim=1) if passes[0] else torch.zeros(0)
     labels = torch.stack([y for _, y in passes[0]]) if passes[0] else torch.zeros(0, dtype=torch.long)

@@ -13,7 +13,9 @@
    what distorts them.
 3. BatchNorm by rule: running statistics stay frozen (the pretrained ones, which the probe was
    fitted under) unless batches and data are large enough to re-estimate them well
-   (``per-device batch >= 64`` and ``>= 10,000`` training images).
+   (``per-device batch >= 64`` and ``>= 10,000`` training images). ``reestimate_bn`` (off by
+   default, not yet measured on the suite) re-estimates the fine-tuned layers' statistics on the
+   training images instead (:mod:`tlx.recipes.bn_stats`), kept where the probe validates better.
 4. Never worse than the probe: if no validation of the fine-tuning beats the probe's validation
    accuracy, the probe's model (pretrained backbone, probe head) is the result: it is loaded into
    the model and written over the best checkpoint, and the run says so. Every outcome line gives
@@ -41,8 +43,9 @@ from tlx.finetuning.base import FinetuneStrategy, head_params
 from tlx.finetuning.groups import FinetuningError, LayerGroup, layer_groups
 from tlx.metrics import wilson_interval
 from tlx.optim import ParamGroup
+from tlx.recipes.bn_stats import batchnorm_layers, load_bn_state, reestimate_bn_stats, shift
 from tlx.recipes.budget import epochs_for, step_budget, steps_per_epoch
-from tlx.recipes.probe import fit_probe
+from tlx.recipes.probe import ProbeResult, fit_probe
 
 log = logging.getLogger("tlx")
 
@@ -68,6 +71,9 @@ class LinearProbeFinetune(FinetuneStrategy):
         epochs, min_steps, max_steps: the step budget, :func:`tlx.recipes.budget.step_budget`.
         validations: about how many validations over the run (the last epoch always validates).
         freeze_bn_stats: ``None``: by the rule above; ``True``/``False`` to force it.
+        reestimate_bn: ``None``: the fine-tuned layers' BatchNorm statistics are re-estimated on
+            the training images and kept if the probe fitted under them validates better than
+            under the pretrained ones; ``True``/``False``: always / never (the default) re-estimate.
         probe_epochs, probe_lr, probe_weight_decay, probe_batch_size: the probe's fit.
         extract_batch_size: batch size of the feature extraction.
     """
@@ -80,6 +86,7 @@ class LinearProbeFinetune(FinetuneStrategy):
         max_steps: int = 300,
         validations: int = 4,
         freeze_bn_stats: bool | None = None,
+        reestimate_bn: bool | None = False,
         probe_epochs: int = 15,
         probe_lr: float = 3e-3,
         probe_weight_decay: float = 0.01,
@@ -93,6 +100,7 @@ class LinearProbeFinetune(FinetuneStrategy):
         self.budget = {"epochs": epochs, "min_steps": min_steps, "max_steps": max_steps}
         self.validations = max(1, int(validations))
         self.bn_rule = freeze_bn_stats is None
+        self.reestimate_bn = reestimate_bn
         self.probe_kwargs = {"epochs": probe_epochs, "lr": probe_lr, "weight_decay": probe_weight_decay,
                              "batch_size": probe_batch_size}
         self.extract_batch_size = extract_batch_size
@@ -101,6 +109,8 @@ class LinearProbeFinetune(FinetuneStrategy):
         self.probe_acc: float | None = None
         self.n_val = 0
         self.finetune_best: float | None = None
+        self.bn_choice: dict[str, Any] = {}
+        self.bn_start: dict[str, Tensor] | None = None  # re-estimated BatchNorm buffers, when kept
         self.outcome: dict[str, Any] = {}
         self._backbone_start: dict[str, Tensor] | None = None
 
@@ -156,26 +166,60 @@ class LinearProbeFinetune(FinetuneStrategy):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         if self.probe_head is None:  # a resumed run restored it (state_dict), and rebuilds the start if needed
-            self._backbone_start = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
             self._fit_probe(trainer, pl_module)
+            self._backbone_start = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
         self.finetune_best = None
 
     def _fit_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
         workers = int(dm.hparams.get("num_workers", 0))
+        seed = torch.initial_seed() % 2**31
+        head_init = {k: v.detach().clone() for k, v in pl_module.head.state_dict().items()}
 
-        def features(split: str) -> tuple[Tensor, Tensor]:
-            feats, labels = extract_features(pl_module.backbone, dm.eval_dataset(split), batch_size=self.extract_batch_size,
-                                             num_workers=workers, precision=str(trainer.precision))
-            return feats.to(pl_module.device), labels.to(pl_module.device)
+        def probe() -> ProbeResult:
+            feats = {}
+            for split in ("train", "val"):
+                x, y = extract_features(pl_module.backbone, dm.eval_dataset(split), batch_size=self.extract_batch_size,
+                                        num_workers=workers, precision=str(trainer.precision))
+                feats[split] = (x.to(pl_module.device), y.to(pl_module.device))
+            pl_module.head.load_state_dict(head_init)
+            return fit_probe(pl_module.head, feats["train"], feats["val"], seed=seed, **self.probe_kwargs)
 
-        train, val = features("train"), features("val")
-        result = fit_probe(pl_module.head, train, val, seed=torch.initial_seed() % 2**31, **self.probe_kwargs)
+        result = probe()
+        if self.reestimate_bn is not False:
+            result = self._choose_bn_stats(trainer, pl_module, result, probe, workers)
         self.probe_head = {k: v.detach().clone() for k, v in result.head_state.items()}
+        pl_module.head.load_state_dict(self.probe_head)
         self.probe_acc, self.n_val = result.val_acc, result.val_total
         if trainer.is_global_zero:
             log.info("LinearProbeFinetune: %s, epoch %d of the probe; fine-tuning starts from its head.",
                      accuracy_line("linear probe val acc", self.probe_acc, self.n_val), result.best_epoch)
+
+    def _choose_bn_stats(self, trainer: Trainer, pl_module: LightningModule, pretrained: ProbeResult,
+                         probe: Any, workers: int) -> ProbeResult:
+        """Re-estimate the fine-tuned layers' BatchNorm statistics on the training images and fit the
+        probe again under them; keep them if that probe validates better (or if forced)."""
+        layers = batchnorm_layers(m for g in self._split(pl_module)[0] for m in g.modules)
+        if not layers:
+            return pretrained
+        before = reestimate_bn_stats(pl_module.backbone, layers, trainer.datamodule.eval_dataset("train"),
+                                     batch_size=self.extract_batch_size, num_workers=workers)
+        reestimated = probe()
+        keep = self.reestimate_bn is True or reestimated.val_correct > pretrained.val_correct
+        self.bn_choice = {"shift": shift(before), "pretrained_acc": pretrained.val_acc,
+                          "reestimated_acc": reestimated.val_acc, "kept": "reestimated" if keep else "pretrained"}
+        if keep:  # what the fall-back restores, also after a resume (state_dict)
+            names = {id(m): n for n, m in pl_module.backbone.named_modules()}
+            self.bn_start = {f"{names[id(bn)]}.{b}": getattr(bn, b).detach().clone() for bn in layers
+                             for b in ("running_mean", "running_var", "num_batches_tracked")}
+        else:
+            load_bn_state(before)
+        if trainer.is_global_zero:
+            log.info("LinearProbeFinetune: BatchNorm statistics of the fine-tuned layers re-estimated on the training "
+                     "images (shift %.2f pretrained std): probe %.1f%% under them, %.1f%% under the pretrained ones: "
+                     "the %s statistics are kept.", self.bn_choice["shift"], 100 * reestimated.val_acc,
+                     100 * pretrained.val_acc, self.bn_choice["kept"])
+        return reestimated if keep else pretrained
 
     # ---- phase 2: fine-tuning, with the model's optimizer and schedule -----------------------
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -216,17 +260,18 @@ class LinearProbeFinetune(FinetuneStrategy):
             trainer.save_checkpoint(ckpt.best_model_path)
             ckpt.best_model_score = torch.tensor(self.probe_acc)
 
-    @staticmethod
-    def _pretrained_state(pl_module: LightningModule) -> dict[str, Tensor]:
+    def _pretrained_state(self, pl_module: LightningModule) -> dict[str, Tensor]:
         hp = pl_module.hparams
         fresh = create_backbone(hp.backbone, weights=hp.weights, weights_path=hp.weights_path, **(hp.backbone_kwargs or {}))
-        return fresh.state_dict()
+        return {**fresh.state_dict(), **(self.bn_start or {})}
 
     # ---- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "probe_head": self.probe_head, "probe_acc": self.probe_acc, "n_val": self.n_val}
+        return {**super().state_dict(), "probe_head": self.probe_head, "probe_acc": self.probe_acc, "n_val": self.n_val,
+                "bn_start": self.bn_start}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.probe_head, self.probe_acc = state_dict.get("probe_head"), state_dict.get("probe_acc")
         self.n_val = state_dict.get("n_val", 0)
+        self.bn_start = state_dict.get("bn_start")
