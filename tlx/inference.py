@@ -19,6 +19,7 @@ from tlx.data.datasets import image_files
 from tlx.data.images import load_rgb
 from tlx.data.transforms import eval_transform
 from tlx.errors import DataError
+from tlx.modes import evaluating
 
 if TYPE_CHECKING:
     from tlx.models import ImageClassifier
@@ -83,11 +84,9 @@ def predict(model: "ImageClassifier", images: Images, batch_size: int = 32) -> P
     items, single = _expand(images)
     cfg = model.preprocessing
     transform = eval_transform(cfg)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     results: list[Prediction] = []
-    try:
+    with evaluating(model):
         for chunk in _batches(items, batch_size):
             pils = [item.convert("RGB") if isinstance(item, Image.Image) else load_rgb(item, cfg.resize_size)
                     for item in chunk]
@@ -102,6 +101,4 @@ def predict(model: "ImageClassifier", images: Images, batch_size: int = 32) -> P
                     path=None if isinstance(item, Image.Image) else str(item),
                     labels=_predicted_labels(model, p),
                 ))
-    finally:
-        model.train(was_training)
     return results[0] if single else results

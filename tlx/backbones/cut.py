@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from tlx.errors import BackboneError, close_names
+from tlx.modes import evaluating
 
 
 def _chain(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
@@ -151,9 +152,7 @@ def _shallow(module: nn.Module) -> nn.Module:
 
 
 def _check_chain(backbone: nn.Module, bottom: nn.Module, top: nn.Module, cut: str, size: int) -> None:
-    was_training = backbone.training
-    backbone.eval()
-    try:
+    with evaluating(backbone):
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         param = next(backbone.parameters(), None)
         if param is not None:
@@ -164,8 +163,6 @@ def _check_chain(backbone: nn.Module, bottom: nn.Module, top: nn.Module, cut: st
                 got = top(bottom(x))
             except (RuntimeError, AssertionError, ValueError, TypeError):  # shapes that do not chain
                 got = None
-    finally:
-        backbone.train(was_training)
     if got is None or expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
         raise BackboneError(
             f"Cannot cut {getattr(backbone, 'name', type(backbone).__name__)} at {cut!r}: its forward is not "

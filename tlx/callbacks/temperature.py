@@ -22,6 +22,7 @@ from torch import Tensor
 from tlx.calibration import CalibrationReport, calibrate
 from tlx.checkpointing import atomic_torch_save, safe_torch_load
 from tlx.errors import TLXError
+from tlx.modes import evaluating
 
 log = logging.getLogger("tlx")
 
@@ -76,21 +77,19 @@ class TemperatureScaling(Callback):
     def _logits(self, trainer: Trainer, pl_module: LightningModule, loader: Any, checkpoint: str) -> tuple[Tensor, Tensor]:
         """The validation logits and labels of the checkpoint's weights (the model keeps its own)."""
         current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()} if checkpoint else None
-        was_training = pl_module.training
         try:
             if checkpoint:
                 pl_module.load_state_dict(safe_torch_load(checkpoint)["state_dict"])
-            pl_module.eval()
-            outputs, targets = [], []
-            for batch in loader:
-                x, y = batch[0].to(pl_module.device), batch[1]
-                with trainer.precision_plugin.forward_context():
-                    outputs.append(pl_module(x).float().cpu())
-                targets.append(y.cpu())
+            with evaluating(pl_module):
+                outputs, targets = [], []
+                for batch in loader:
+                    x, y = batch[0].to(pl_module.device), batch[1]
+                    with trainer.precision_plugin.forward_context():
+                        outputs.append(pl_module(x).float().cpu())
+                    targets.append(y.cpu())
         finally:
             if current is not None:
                 pl_module.load_state_dict(current)
-            pl_module.train(was_training)
         logits, labels = torch.cat(outputs), torch.cat(targets)
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             shards: list[Any] = [None] * trainer.world_size

@@ -16,6 +16,7 @@ from tlx.distillation.base import DistillationLoss, Outputs, loss_from
 from tlx.distillation.teacher import Teacher, network_outputs
 from tlx.errors import DataError, TLXError
 from tlx.models import ImageClassifier
+from tlx.modes import evaluating
 
 log = logging.getLogger("tlx")
 
@@ -77,10 +78,8 @@ class DistillationClassifier(ImageClassifier):
         if not any(loss.needs != "logits" for loss in self.losses):
             return
         probe = torch.zeros(1, 3, self.preprocessing.input_size, self.preprocessing.input_size)
-        was_training = self.backbone.training
-        self.backbone.eval()
-        s = network_outputs(self.backbone, nn.Identity(), probe, self.feature_stage)
-        self.backbone.train(was_training)
+        with evaluating(self.backbone):
+            s = network_outputs(self.backbone, nn.Identity(), probe, self.feature_stage)
         t = self.teacher.compute(probe, self.preprocessing)
         for loss in self.losses:
             if loss.needs != "logits":

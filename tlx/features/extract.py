@@ -27,6 +27,7 @@ from tlx.data.folders import files_digest
 from tlx.data.shared_build import all_ranks, build_shared, is_writer
 from tlx.errors import TLXError
 from tlx.features.digest import content_key, weights_digest
+from tlx.modes import evaluating
 
 log = logging.getLogger("tlx")
 
@@ -144,15 +145,9 @@ def extract_features(
         return list(zip(torch.cat(feats), torch.cat(labels))) if feats else []
 
     start = time.perf_counter()
-    # every module's own mode back, not network.train(): that would put a fine-tuning strategy's
-    # frozen parts and frozen BatchNorm statistics back into train mode
-    modes = {m: m.training for m in network.modules()}
-    network.eval()
-    try:
+    # every module's own mode back afterwards (tlx.modes): a strategy's frozen parts stay in eval mode
+    with evaluating(network):
         passes = [build_shared(range(len(dataset)), run) for _ in range(views)]
-    finally:
-        for m, training in modes.items():
-            m.training = training
     stats["seconds"] = time.perf_counter() - start
     features = torch.stack([torch.stack([f for f, _ in p]) for p in passes], dim=1) if passes[0] else torch.zeros(0)
     labels = torch.stack([y for _, y in passes[0]]) if passes[0] else torch.zeros(0, dtype=torch.long)

@@ -41,6 +41,7 @@ from tlx.backbones.cut import bottom_names, split_backbone
 from tlx.data.folders import files_digest
 from tlx.errors import TLXError
 from tlx.features import extract_features, feature_loader, features_cache_key
+from tlx.modes import evaluating
 
 log = logging.getLogger("tlx")
 
@@ -201,12 +202,8 @@ class FeatureCache(Callback):
         bottom = self.split[0]
         param = next(bottom.parameters(), None)
         probe = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
-        was_training = bottom.training
-        bottom.eval()
-        with torch.no_grad():
-            shape = tuple(bottom(probe).shape[1:])
-        bottom.train(was_training)
-        return shape
+        with torch.no_grad(), evaluating(bottom):
+            return tuple(bottom(probe).shape[1:])
 
     def _size_check(self, pl_module: LightningModule, dm: Any) -> None:
         """Log the cache's size before building it; refuse one over ``max_cache_gb``."""
