@@ -257,7 +257,7 @@ class LinearProbeFinetune(FinetuneStrategy):
         pl_module.head.load_state_dict(self.probe_head)
         ckpt = trainer.checkpoint_callback
         if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path:
-            trainer.save_checkpoint(ckpt.best_model_path)
+            trainer.save_checkpoint(ckpt.best_model_path, weights_only=False)  # said: no misleading log line
             ckpt.best_model_score = torch.tensor(self.probe_acc)
 
     def _pretrained_state(self, pl_module: LightningModule) -> dict[str, Tensor]:
