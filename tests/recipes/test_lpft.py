@@ -86,6 +86,14 @@ def test_finetuning_starts_from_the_probes_head(tmp_path):
     assert trainer.max_epochs == 1  # 24 images at batch 4: the 6 steps are one epoch
 
 
+def test_a_tie_in_float_noise_is_not_a_win():
+    from tlx.recipes.lpft import beats
+
+    n = 563
+    assert not beats(490 / n + 1e-7, 490 / n, n)  # the same 490 images, counted by two codes
+    assert beats(491 / n, 490 / n, n) and not beats(None, 0.5, n) and not beats(489 / n, 490 / n, n)
+
+
 def test_falls_back_to_the_probe_when_finetuning_is_worse(tmp_path, caplog):
     with caplog.at_level("INFO", logger="tlx"):
         trainer, model, lpft, ckpt = _fit(tmp_path, ShiftClassesAfterEachStep())

@@ -58,6 +58,13 @@ def bn_stats_frozen(batch_size: int, n_train: int) -> bool:
     return batch_size < BN_FREEZE_BELOW_BATCH or n_train < BN_FREEZE_BELOW_IMAGES
 
 
+def beats(finetune_acc: float | None, probe_acc: float, n_val: int) -> bool:
+    """Whether fine-tuning got at least one more validation image right than the probe. The two
+    accuracies come from different code (torchmetrics in float32, the probe's own count), so equal
+    counts can differ in the last bits: a plain ``>`` let such a tie count as a win."""
+    return finetune_acc is not None and finetune_acc > probe_acc + 0.5 / max(n_val, 1)
+
+
 def accuracy_line(name: str, acc: float, n: int) -> str:
     lo, hi = wilson_interval(round(acc * n), n)
     return f"{name} {100 * acc:.1f}% (n={n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f})"
@@ -234,7 +241,7 @@ class LinearProbeFinetune(FinetuneStrategy):
         super().on_fit_end(trainer, pl_module)
         if self.probe_acc is None:
             return
-        won = self.finetune_best is not None and self.finetune_best > self.probe_acc
+        won = beats(self.finetune_best, self.probe_acc, self.n_val)
         self.outcome = {"probe_acc": self.probe_acc, "finetune_best_acc": self.finetune_best, "n_val": self.n_val,
                         "result": "finetuned" if won else "probe", "steps": self.total_steps}
         probe_line = accuracy_line("the linear probe's", self.probe_acc, self.n_val)
