@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from tlx.compat import BatchNormBase
+from tlx.modes import evaluating
 
 BNState = dict[nn.Module, tuple[Tensor, Tensor, Tensor]]
 
@@ -60,21 +61,18 @@ def reestimate_bn_stats(network: nn.Module, layers: list[nn.Module], dataset: Da
     ``dataset``; every other module runs in eval mode. Returns the statistics before (to measure
     the :func:`shift` or to put them back with :func:`load_bn_state`). Modes are restored."""
     before = save_bn_state(layers)
-    modes = {m: m.training for m in network.modules()}
     momenta = {bn: bn.momentum for bn in layers}
     device = next(network.parameters()).device
-    network.eval()
-    for bn in layers:
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average: every batch weighs the same
-        bn.train()
     try:
-        for x, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-            if len(x) > 1:  # one image has no variance
-                network(x.to(device))
+        with evaluating(network):  # every module's own mode back afterwards
+            for bn in layers:
+                bn.reset_running_stats()
+                bn.momentum = None  # a cumulative average: every batch weighs the same
+                bn.train()
+            for x, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+                if len(x) > 1:  # one image has no variance
+                    network(x.to(device))
     finally:
         for bn, momentum in momenta.items():
             bn.momentum = momentum
-        for m, training in modes.items():
-            m.training = training
     return before
