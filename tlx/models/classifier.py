@@ -220,16 +220,15 @@ class ImageClassifier(LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         logits = self(x)
-        loss = self.loss(logits, y)
+        mean_loss = self.val_loss if stage == "val" else self.test_loss
+        mean_loss.update(self.loss(logits, y), weight=len(x))
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=True, batch_size=len(x))
         if self.task == "multilabel":
-            self._evaluate_multilabel(logits, y, loss, stage)
+            self._evaluate_multilabel(logits, y, stage)
             return logits
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics(logits / self.temperature, y)  # the arg-max metrics do not change; ece is of the calibrated model
         (self.val_details if stage == "val" else self.test_details).update(logits, y)
-        mean_loss = self.val_loss if stage == "val" else self.test_loss
-        mean_loss.update(loss, weight=len(x))
-        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=True, batch_size=len(x))
         self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=len(x))
         return logits
 
@@ -240,14 +239,11 @@ class ImageClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._evaluate(batch, "test")
 
-    def _evaluate_multilabel(self, logits: Tensor, y: Tensor, loss: Tensor, stage: str) -> None:
+    def _evaluate_multilabel(self, logits: Tensor, y: Tensor, stage: str) -> None:
         # validation decides at 0.5 (its images fit the thresholds: see tlx/models/multilabel.py)
         thresholds = self.label_thresholds if stage == "test" else DEFAULT_THRESHOLD
         metrics = self.val_multilabel if stage == "val" else self.test_multilabel
         metrics.update(self.probabilities(logits.float()), y, thresholds)
-        mean_loss = self.val_loss if stage == "val" else self.test_loss
-        mean_loss.update(loss, weight=len(logits))
-        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=True, batch_size=len(logits))
 
     def _log_multilabel(self, stage: str) -> None:
         metrics = self.val_multilabel if stage == "val" else self.test_multilabel
