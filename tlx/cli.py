@@ -11,7 +11,7 @@ import warnings
 import yaml
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -261,6 +261,8 @@ class TLXCLI(LightningCLI):
             kwargs.setdefault("plugins", plugins + [SafeCheckpointIO()])
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if config.get("logger") is False:  # LearningRateMonitor (in the default recipe) refuses a run with no logger
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         # Built-ins the config does not already have (a second RandomState would clash as state).
         built_in = [cb for cb in (StopOnNonFinite(), RandomState()) if not any(isinstance(c, type(cb)) for c in callbacks)]
         kwargs.setdefault("callbacks", callbacks + built_in)

@@ -167,3 +167,16 @@ def test_fit_with_no_config_runs_the_default_recipe(tmp_path):
     assert scheduler.interval == "step" and scheduler.scheduler.total_steps == 3  # the schedule spans the budget
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt"
     assert ckpt.is_file()
+
+
+def test_the_default_recipe_runs_without_a_logger(tmp_path):
+    # the recipe's LearningRateMonitor would refuse a run with `--trainer.logger false`: it is dropped
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    data = make_imagefolder(tmp_path / "data", n_train=6, n_val=3)
+    cli = run_cli(["fit", "--data.root", str(data), f"--model.init_args.backbone={TINY_MODEL['backbone']}",
+                   "--model.init_args.weights=null", f"--model.init_args.preprocessing={json.dumps(TINY_PREPROCESSING)}",
+                   "--data.init_args.num_workers=0", "--trainer.max_steps=2", "--trainer.logger=false",
+                   f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.global_step == 2 and cli.trainer.logger is None
+    assert not any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
