@@ -3,11 +3,9 @@ MobileNetV2: accuracy, batch-1 latency, batch-32 throughput, file size, in one t
 
     TORCH_HOME=../shared/weights nice -n 10 python scripts/quantization_report.py --threads 1
 
-Each checkpoint comes from a short fine-tune through the CLI (the recipe, kept small for a CPU):
-FreezeUnfreeze - the head alone for the first epoch, then everything with the backbone at 0.1 x the
-LR - AdamW lr 0.003 with cosine decay, batch 32, ``--epochs`` epochs of at most ``--train_batches``
-batches, the weights' own preprocessing (224 px). Office-31 amazon has no split: a seeded,
-stratified 80/20 one (split_seed 42). Then ``python -m tlx export --quantize int8`` on it, which
+Each checkpoint comes from the default recipe through the CLI (``python -m tlx fit --data.root DIR``
+with the backbone named: LP-FT, tlx/recipes/default.yaml), the weights' own preprocessing (224 px).
+Office-31 amazon has no split: a seeded, stratified 80/20 one (split_seed 42). Then ``python -m tlx export --quantize int8`` on it, which
 calibrates on 300 seeded class-balanced training images and measures every precision on the whole
 validation split; its ``best.json`` holds the figures below. Timings are medians, with
 ``--threads`` onnxruntime threads; on a shared machine read them as such.
@@ -47,14 +45,10 @@ def run(data: str, backbone: str, args, env: dict[str, str]) -> dict:
     start = time.time()
     if not ckpt.is_file():
         out.mkdir(parents=True, exist_ok=True)
+        # the default recipe (LP-FT, tlx/recipes/default.yaml), as a user's `python -m tlx fit --data.root DIR`
         tlx(["fit", "--seed_everything=42", f"--model.init_args.backbone={name}", f"--model.init_args.weights={weights}",
-             "--model.init_args.optimizer=torch.optim.AdamW", "--model.init_args.optimizer.init_args.lr=0.003",
-             "--model.init_args.lr_scheduler=torch.optim.lr_scheduler.CosineAnnealingLR",
-             f"--model.init_args.lr_scheduler.init_args.T_max={args.epochs}",
-             "--trainer.callbacks+=tlx.finetuning.FreezeUnfreeze", "--trainer.callbacks.unfreeze_at_epoch=1",
-             f"--trainer.max_epochs={args.epochs}", f"--trainer.limit_train_batches={args.train_batches}",
-             f"--trainer.default_root_dir={out}", "--data.init_args.batch_size=32", "--data.init_args.val_split=0.2",
-             "--data.init_args.split_seed=42", *common], env, out / "log.txt")
+             f"--trainer.default_root_dir={out}", "--data.init_args.val_split=0.2", "--data.init_args.split_seed=42",
+             *common], env, out / "log.txt")
     fit_s = time.time() - start
     tlx(["export", f"--ckpt_path={ckpt}", "--format=onnx", "--quantize=int8", f"--threads={args.threads}",
          f"--calibration_images={args.calibration_images}", *common], env, out / "log.txt")
@@ -77,8 +71,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train_batches", type=int, default=4, help="at most this many batches per epoch")
     parser.add_argument("--calibration_images", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     parser.add_argument("--out", default=str(REPO / "runs" / "quantization_report"),
