@@ -39,8 +39,18 @@ def continue_training(ckpt: Path, out: Path, epochs: int, lr_factor: float, qat:
                       enable_checkpointing=False, default_root_dir=str(out), num_sanity_val_steps=0,
                       callbacks=[QuantizationAwareTraining(last_epochs=epochs)] if qat else [])
     trainer.fit(model, datamodule=datamodule)
-    trainer.save_checkpoint(str(target))  # the last weights, not a pick by validation accuracy
+    save_weights(model.state_dict(), ckpt, target)  # the last weights, not a pick by validation accuracy
     return target
+
+
+def save_weights(state_dict: dict, source: Path, target: Path) -> None:
+    """``source``'s checkpoint (hyperparameters, data settings) with new weights: a plain file,
+    which ``tlx export`` loads (a bare Trainer's checkpoint pickles the optimizer factories)."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    keep = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "pytorch-lightning_version",
+            "hparams_name", "datamodule_hparams_name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**{k: v for k, v in checkpoint.items() if k in keep}, "state_dict": state_dict}, target)
 
 
 def export(ckpt: Path, threads: int, method: str) -> dict:
