@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tlx.export import _datamodule_from_checkpoint  # noqa: E402
+from tlx.finetuning import FullFinetune  # noqa: E402
 from tlx.models import ImageClassifier  # noqa: E402
 from tlx.quantization import QuantizationAwareTraining  # noqa: E402
 
@@ -37,7 +38,10 @@ def continue_training(ckpt: Path, out: Path, epochs: int, lr_factor: float, qat:
     datamodule = _datamodule_from_checkpoint(str(ckpt))
     trainer = Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_checkpointing=False, default_root_dir=str(out), num_sanity_val_steps=0,
-                      callbacks=[QuantizationAwareTraining(last_epochs=epochs)] if qat else [])
+                      # every layer trains, BatchNorm statistics stay as trained (as the default
+                      # recipe keeps them at batch 32: updating them drifts fp32 accuracy)
+                      callbacks=[FullFinetune(backbone_lr_scale=1.0, freeze_bn_stats=True),
+                                 *([QuantizationAwareTraining(last_epochs=epochs)] if qat else [])])
     trainer.fit(model, datamodule=datamodule)
     save_weights(model.state_dict(), ckpt, target)  # the last weights, not a pick by validation accuracy
     return target
@@ -74,7 +78,7 @@ def main() -> None:
     ckpt = args.run / "checkpoints" / "best.ckpt"
     rows = {"checkpoint": ckpt}
     for name, qat in (("continued", False), ("continued + QAT", True)):
-        out = args.run / f"qat_gain_{'qat' if qat else 'control'}_e{args.epochs}"
+        out = args.run / f"qat_gain_{'qat' if qat else 'control'}_e{args.epochs}_bnfrozen"
         rows[name] = continue_training(ckpt, out, args.epochs, args.lr_factor, qat)
     print(f"{args.run.name}: {args.epochs} more epoch(s) at {args.lr_factor} x the LR")
     print("| model | calibration | fp32 acc | int8 acc | diff (points) | top-1 agreement |\n|---|---|---:|---:|---:|---:|")

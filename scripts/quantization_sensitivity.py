@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from tlx.data.images import load_rgb  # noqa: E402
 from tlx.export import _datamodule_from_checkpoint, unit_range_transform  # noqa: E402
 from tlx.preprocessing import Preprocessing  # noqa: E402
-from tlx.quantization.calibration import ImageCalibrationReader  # noqa: E402
+from tlx.quantization.calibration import ImageCalibrationReader, balanced_calibration_set  # noqa: E402
 from tlx.quantization.measure import session  # noqa: E402
 from tlx.quantization.onnx_quantize import layer_name, quantizable_nodes, quantize_model  # noqa: E402
 
@@ -78,6 +78,8 @@ def main() -> None:
                         "substrings of node names, e.g. 'GlobalAveragePool;features.0/,GlobalAveragePool'")
     parser.add_argument("--layers", action="store_true", help="also quantize all but one weight layer, each in turn")
     parser.add_argument("--all_train", action="store_true", help="calibrate on every training image")
+    parser.add_argument("--calibration_seed", type=int, default=None,
+                        help="a new seeded balanced draw (as many images as the export's) instead of the export's own")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,9 +92,15 @@ def main() -> None:
         val = list(datamodule.samples("val"))
         labels = np.array([y for _, y in val])
         x_val = cached_images(work / "val.npy", [p for p, _ in val], to_unit)
-        calib_paths = ([p for p, _ in datamodule.samples("train")] if args.all_train
-                       else meta["quantization"]["calibration"]["paths"])
-        x_cal = cached_images(work / f"calib{'_all' if args.all_train else ''}.npy", calib_paths, to_unit)
+        calib_paths = meta["quantization"]["calibration"]["paths"]
+        suffix = ""
+        if args.all_train:
+            calib_paths, suffix = [p for p, _ in datamodule.samples("train")], "_all"
+        elif args.calibration_seed is not None:
+            train = list(datamodule.samples("train"))
+            chosen = balanced_calibration_set(train, len(calib_paths), len(meta["class_names"]), args.calibration_seed)
+            calib_paths, suffix = [p for p, _ in chosen], f"_seed{args.calibration_seed}"
+        x_cal = cached_images(work / f"calib{suffix}.npy", calib_paths, to_unit)
         fp32_path = run / "export" / "best.onnx"
         fp32 = predict(fp32_path, x_val, args.threads)
         input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
@@ -103,7 +111,6 @@ def main() -> None:
         excludes = {"-": []}
         for spec in [e for e in args.exclude.split(";") if e]:  # substrings of node names, comma-separated
             excludes[spec] = [n for n in all_nodes if any(part in n for part in spec.split(","))]
-        suffix = "_all" if args.all_train else ""
         for method in args.methods:
             for spec, nodes in excludes.items():
                 out = work / f"int8_{method}{suffix}.onnx"
