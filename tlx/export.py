@@ -154,6 +154,7 @@ def export_checkpoint(
     quantize: str | None = None,
     calibration_images: int = 300,
     calibration_seed: int = 0,
+    calibration_method: str = "entropy",
     threads: int = 1,
 ) -> dict[str, Any]:
     """Write ``<stem>.torchscript.pt`` / ``<stem>.onnx`` and ``<stem>.json`` (class names,
@@ -166,9 +167,11 @@ def export_checkpoint(
         raise ExportError(f"unknown export format {unknown or formats!r}; choose from {', '.join(FORMATS)}.")
     if quantize:
         require("onnxruntime", "export", "Quantized export (--quantize)")
+        from tlx.quantization.onnx_quantize import check_calibration_method
         from tlx.quantization.pipeline import parse_modes
 
         modes = parse_modes(quantize)
+        check_calibration_method(calibration_method)
         wanted += [] if "onnx" in wanted else ["onnx"]  # the quantized files are made from the fp32 ONNX
     _load_weights(model, ckpt_path)
     if getattr(model, "task", None) == "multilabel":  # the exported graph ends in a softmax
@@ -263,7 +266,8 @@ def export_checkpoint(
         from tlx.quantization.pipeline import export_quantized
 
         quantized = export_quantized(wrapper, model, Path(info["files"]["onnx"]), modes, datamodule, paths, to_unit,
-                                     len(info["class_names"]), calibration_images, calibration_seed, threads)
+                                     len(info["class_names"]), calibration_images, calibration_seed, threads,
+                                     calibration_method)
         info["files"].update(quantized.pop("files"))
         info.update(quantized)
         with open(sidecar, "w") as f:

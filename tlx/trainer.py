@@ -49,6 +49,7 @@ class TLXTrainer(Trainer):
         quantize: str | None = None,
         calibration_images: int = 300,
         calibration_seed: int = 0,
+        calibration_method: str = "entropy",
         threads: int = 1,
     ) -> dict:
         """Export a checkpoint to TorchScript and/or ONNX, with its class names and preprocessing.
@@ -68,13 +69,17 @@ class TLXTrainer(Trainer):
                 on the validation split (accuracy, agreement, latency, size) in the sidecar JSON.
             calibration_images: how many training images calibrate int8 (seeded, class-balanced).
             calibration_seed: the seed of that draw.
+            calibration_method: how int8 activation ranges are set from the calibration images:
+                ``entropy`` (the range whose 8-bit histogram loses least information), ``minmax``
+                (the full observed range), ``percentile`` (99.999th percentile of |x|).
             threads: onnxruntime threads for the timings.
         """
         from tlx.export import export_checkpoint
 
         return export_checkpoint(model, ckpt_path, format, output_dir, verify_images, num_verify, tolerance,
                                  datamodule=datamodule, quantize=quantize, calibration_images=calibration_images,
-                                 calibration_seed=calibration_seed, threads=threads)
+                                 calibration_seed=calibration_seed, calibration_method=calibration_method,
+                                 threads=threads)
 
     def rank(
         self,

@@ -52,7 +52,7 @@ def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precisio
     assert meta["precisions"]["int8"]["size_vs_fp32"] < 0.6  # int8 weights (the tiny model's graph weighs too)
     assert meta["quantization"]["evaluation"]["images"] == 9 and meta["quantization"]["evaluation"]["threads"] == 1
     calibration = meta["quantization"]["calibration"]
-    assert calibration["images"] == 6 and calibration["seed"] == 3
+    assert calibration["images"] == 6 and calibration["seed"] == 3 and calibration["method"] == "entropy"
     assert calibration["per_class"] == {"0": 2, "1": 2, "2": 2}
     assert all(p.startswith(str(root / "train")) for p in calibration["paths"])
 
@@ -108,6 +108,43 @@ def test_calibration_draw_is_seeded_and_class_balanced(tmp_path):
     assert len(reader) == 3 and [b["image"].shape for b in batches] == [(2, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8)]
     reader.rewind()
     assert np.array_equal(reader.get_next()["image"], batches[0]["image"])
+    # onnxruntime's strided calibration reads a range of batches at a time
+    reader.set_range(start_index=1, end_index=2)
+    assert [b["image"].shape[0] for b in iter(reader.get_next, None)] == [2]
+    reader.set_range(start_index=2, end_index=3)
+    assert np.array_equal(reader.get_next()["image"], batches[2]["image"]) and reader.get_next() is None
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_every_calibration_method_quantizes_and_agrees_with_fp32(tmp_path, method):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = Exported(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 4, 3, padding=1),
+                                   nn.ReLU6())).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.rand(2, 3, 16, 16),), str(path), dynamo=False, input_names=["image"],
+                      dynamic_axes={"image": {0: "batch"}})
+    images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    class Reader(ImageCalibrationReader):  # already-made tensors instead of image files
+        def __init__(self):
+            super().__init__([str(i) for i in range(32)], None, "image", batch_size=8)
+
+        def get_next(self):
+            stop = min(32, self._end or 32)
+            if self._next >= stop:
+                return None
+            self._next += 8
+            return {"image": images[self._next - 8:self._next].numpy()}
+
+    info = quantize_model(path, tmp_path / "q.onnx", "int8", Reader(), calibration_method=method)
+    assert info["calibration_method"] == method
+    x = images[32:].numpy()  # images the calibration did not see
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with torch.no_grad():
+        expected = model(images[32:]).numpy()
+    assert np.abs(got - expected).max() < 0.05
 
 
 def test_a_calibration_set_smaller_than_the_classes_is_refused(tiny_ckpt, tmp_path):
@@ -117,6 +154,9 @@ def test_a_calibration_set_smaller_than_the_classes_is_refused(tiny_ckpt, tmp_pa
                  "--calibration_images=2"])
     with pytest.raises(TLXError, match="unknown --quantize 'int4'"):
         run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path}", "--quantize=int4"])
+    with pytest.raises(TLXError, match="unknown --calibration_method 'kl'; choose from minmax, percentile, entropy"):
+        run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path}", "--quantize=int8",
+                 "--calibration_method=kl"])
 
 
 class InputDependentConv(nn.Module):

@@ -51,13 +51,13 @@ class ImageCalibrationReader(CalibrationDataReader):
 
     def __init__(self, paths: Sequence[str], transform: Callable, input_name: str, batch_size: int = 16):
         self.paths, self.transform, self.input_name, self.batch_size = list(paths), transform, input_name, batch_size
-        self._next = 0
+        self._next, self._end = 0, None
 
     def __len__(self) -> int:
         return -(-len(self.paths) // self.batch_size)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self.paths):
+        if self._next >= min(len(self.paths), self._end or len(self.paths)):
             return None
         batch = self.paths[self._next:self._next + self.batch_size]
         self._next += len(batch)
@@ -65,3 +65,8 @@ class ImageCalibrationReader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self._next = 0
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Read batches ``[start_index, end_index)`` only: onnxruntime's strided calibration
+        (``CalibStridedMinMax``) collects a few batches at a time to bound its memory."""
+        self._next, self._end = start_index * self.batch_size, end_index * self.batch_size

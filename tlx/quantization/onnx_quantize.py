@@ -22,12 +22,18 @@ from tlx.errors import TLXError
 log = logging.getLogger("tlx")
 
 MODES = ("int8", "dynamic", "fp16")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_SCOPE = "/features/"  # node-name prefix of ExportedClassifier.features in the ONNX graph
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 class QuantizationError(TLXError):
     """The model cannot be quantized as asked."""
+
+
+def check_calibration_method(method: str) -> None:
+    if method not in CALIBRATION_METHODS:
+        raise QuantizationError(f"unknown --calibration_method {method!r}; choose from {', '.join(CALIBRATION_METHODS)}.")
 
 
 def layer_name(node: onnx.NodeProto) -> str:
@@ -71,16 +77,22 @@ def unquantized_weight_layers(quantized: onnx.ModelProto, names: list[str]) -> l
             if n.name in wanted and n.op_type in ("Conv", "ConvTranspose", "Gemm") and n.input[1] not in dq_outputs]
 
 
-def quantize_model(fp32_path: str | Path, out_path: str | Path, mode: str, calibration_reader=None) -> dict:
+def quantize_model(fp32_path: str | Path, out_path: str | Path, mode: str, calibration_reader=None,
+                   calibration_method: str = "entropy", exclude: list[str] | None = None,
+                   calibration_cache: str | Path | None = None) -> dict:
     """Write the ``mode`` version of ``fp32_path`` to ``out_path``; return what was done (for the
-    sidecar JSON). ``int8`` needs a :class:`~onnxruntime.quantization.CalibrationDataReader`."""
+    sidecar JSON). ``int8`` needs a :class:`~onnxruntime.quantization.CalibrationDataReader` and
+    takes one of :data:`CALIBRATION_METHODS`; ``exclude`` names ONNX nodes kept float;
+    ``calibration_cache`` (a JSON file) stores the activation ranges and reuses them when present."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode not in MODES:
         raise QuantizationError(f"unknown --quantize {mode!r}; choose from {', '.join(MODES)}.")
+    if mode == "int8":
+        check_calibration_method(calibration_method)
     fp32 = onnx.load(str(fp32_path))
-    names = quantizable_nodes(fp32)
+    names = [n for n in quantizable_nodes(fp32) if n not in set(exclude or ())]
     kept_float = sorted({layer_name(n) or n.op_type for n in fp32.graph.node if n.name not in set(names)})
     info = {"mode": mode, "tool": "onnxruntime", "kept_float": kept_float}
     if mode == "fp16":
@@ -102,14 +114,18 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, mode: str, calib
                     raise QuantizationError("--quantize int8 needs calibration images (the training split).")
                 # uint8 activations + int8 per-channel symmetric weights: onnxruntime's advice for x86
                 # (reduce_range only matters on CPUs without VNNI); QDQ is the format its CPU kernels fuse.
+                method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                          "entropy": CalibrationMethod.Entropy}[calibration_method]
+                # Histogram methods keep every activation of the data they are given: collect one
+                # batch at a time (merged into the histograms) so memory stays one batch's. (Not
+                # CalibMaxIntermediateOutputs: in onnxruntime 1.32 it discards full chunks' ranges.)
+                strided = {"CalibStridedMinMax": 1} if method != CalibrationMethod.MinMax else {}
                 quantize_static(str(prepared), str(out_path), calibration_reader, quant_format=QuantFormat.QDQ,
                                 per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, nodes_to_quantize=names,
-                                calibrate_method=CalibrationMethod.MinMax)
-                # (no CalibMaxIntermediateOutputs: MinMax keeps only per-batch min/max anyway, and in
-                # onnxruntime 1.32 that option discards each full chunk's ranges instead of merging them)
+                                weight_type=QuantType.QInt8, nodes_to_quantize=names, calibrate_method=method,
+                                extra_options=strided, calibration_cache_path=calibration_cache)
                 info.update(format="QDQ", weights="int8 per-channel symmetric", activations="uint8 per-tensor",
-                            calibration_method="MinMax")
+                            calibration_method=calibration_method)
             else:
                 quantize_dynamic(str(prepared), str(out_path), per_channel=True, weight_type=QuantType.QUInt8,
                                  nodes_to_quantize=names)

@@ -53,6 +53,7 @@ def export_quantized(
     calibration_images: int = 300,
     calibration_seed: int = 0,
     threads: int = 1,
+    calibration_method: str = "entropy",
 ) -> dict[str, Any]:
     """Write ``<stem>.<mode>.onnx`` beside ``fp32_onnx`` for each mode; return the figures for the
     sidecar JSON: ``{"quantization": ..., "precisions": {"fp32": ..., "int8": ...}, "files": ...}``."""
@@ -69,14 +70,15 @@ def export_quantized(
                      len(chosen), calibration_images)
         reader = ImageCalibrationReader([p for p, _ in chosen], to_unit, wrapper_input_name(fp32_onnx))
         result["quantization"]["calibration"] = {
-            "images": len(chosen), "seed": calibration_seed,
+            "images": len(chosen), "seed": calibration_seed, "method": calibration_method,
             "per_class": {str(k): v for k, v in sorted(Counter(label for _, label in chosen).items())},
             "paths": [p for p, _ in chosen]}
 
     files = {"fp32": fp32_onnx}
     for mode in modes:
         path = fp32_onnx.with_name(f"{fp32_onnx.stem}.{mode}.onnx")
-        result["quantization"][mode] = quantize_model(fp32_onnx, path, mode, reader if mode == "int8" else None)
+        result["quantization"][mode] = quantize_model(fp32_onnx, path, mode, reader if mode == "int8" else None,
+                                                      calibration_method=calibration_method)
         files[mode] = path
         result["files"][f"onnx_{mode}"] = str(path)
 

@@ -3,8 +3,8 @@ settle where the int8 export (``python -m tlx export --quantize int8``) loses le
 
 What is simulated matches that export: weights int8, symmetric, one scale per output channel;
 the inputs of every Conv/Linear 8-bit, one affine range per tensor (a moving average of the batch
-min/max, as onnxruntime's calibration takes the min/max); only the feature network, as the head
-and the softmax stay float there. BatchNorm needs no folding simulation: with per-channel
+min/max: the export's default entropy calibration then picks a range inside it); only the feature
+network, as the head and the softmax stay float there. BatchNorm needs no folding simulation: with per-channel
 symmetric scales, folding a per-channel factor into the weights commutes with the rounding.
 Gradients pass the rounding straight through (torch's fake_quantize ops).
 """
