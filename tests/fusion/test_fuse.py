@@ -188,6 +188,27 @@ def test_identical_bn_statistics_are_kept_and_differing_ones_re_estimated(three_
     assert all(torch.equal(fused[k], mixed[k]) for k in mixed)
 
 
+def test_default_recipe_runs_fuse_without_re_estimation(tmp_path):
+    """Runs of the default recipe (LP-FT, statistics frozen on small data) share their BatchNorm
+    statistics, so by default the soup keeps them."""
+    from tests.helpers import TINY_PREPROCESSING
+
+    data = make_imagefolder(tmp_path / "data", n_train=6, n_val=3)
+    paths = []
+    for seed in (1, 2):
+        run_cli(["fit", "--data.root", str(data), f"--model.init_args.backbone={TINY_MODEL['backbone']}",
+                 "--model.init_args.weights=null", f"--model.init_args.preprocessing={json.dumps(TINY_PREPROCESSING)}",
+                 "--data.init_args.num_workers=0", "--trainer.max_steps=3", f"--seed_everything={seed}",
+                 f"--trainer.default_root_dir={tmp_path / str(seed)}", "--trainer.enable_progress_bar=false",
+                 "--trainer.logger=false"])
+        paths.append(str(next((tmp_path / str(seed)).rglob("best.ckpt"))))
+    args = [a for a in _fuse_args(data, paths, tmp_path / "out", "uniform_soup") if "bn_recalibration" not in a]
+    run_cli(args)
+    report = json.loads((tmp_path / "out" / "fusion.json").read_text())
+    assert report["batchnorm"] and report["bn_recalibration"]["batches"] == 0 and not report["recalibrated"]
+    assert "identical" in report["bn_recalibration"]["reason"]
+
+
 @pytest.mark.parametrize("case, message", [
     ("single", "at least 2 checkpoints"),
     ("alpha", r"--alphas must be numbers in \[0, 1\]"),
