@@ -257,7 +257,8 @@ def fusion_part(args, results: dict) -> None:
     plan = recalibration_plan(Top(net, n), states + [lp_state], args.bn_batches)
     # The alternative to the rule's choice, for comparison only (never used to choose).
     other = 0 if plan.batches else DEFAULT_BATCHES
-    other_name = "BN statistics kept as averaged" if plan.batches else f"BN re-estimated ({DEFAULT_BATCHES} batches, forced)"
+    other_name = ("BN statistics kept as averaged (for comparison)" if plan.batches
+                  else f"BN re-estimated ({DEFAULT_BATCHES} batches, for comparison)")
     print(f"BatchNorm: {plan.reason}", flush=True)
     best = max(range(len(runs)), key=lambda i: runs[i]["val"])
     uniform = evaluate_all(fused(uniform_soup(states), plan.batches))
@@ -271,13 +272,14 @@ def fusion_part(args, results: dict) -> None:
         mean_logits = torch.stack([logits_of(t, a) for t in tops]).mean(0)
         ens[split] = 100.0 * float((mean_logits.argmax(1) == y).float().mean())
     lp_acc = evaluate_all(_loaded(net, n, lp_state))
-    rule = "BN re-estimated" if plan.batches else "BN statistics kept"
+    how = "the rule" if args.bn_batches is None else f"--bn_batches {args.bn_batches}"
+    rule = f"BN re-estimated ({how})" if plan.batches else f"BN statistics kept ({how})"
     table = {
         "linear probe": {**lp_acc, "cost": 1},
         **{f"run {k} (lr {r['lr']:g}, seed {r['seed']}, aug {'on' if r['augment'] else 'off'})":
            {**{s: r[s] for s in ("val", "test", "webcam")}, "cost": 1} for k, r in enumerate(runs)},
         f"best single (run {best}, on val)": {**{k: runs[best][k] for k in ("val", "test", "webcam")}, "cost": 1},
-        f"uniform soup ({len(runs)}), {rule} (the rule)": {**uniform, "cost": 1},
+        f"uniform soup ({len(runs)}), {rule}": {**uniform, "cost": 1},
         f"uniform soup ({len(runs)}), {other_name}": {**uniform_other, "cost": 1},
         f"greedy soup ({len(members)} of {len(runs)}: runs {', '.join(map(str, members))})": {**greedy, "cost": 1},
         f"logit ensemble ({len(runs)})": {**ens, "cost": len(runs)},
