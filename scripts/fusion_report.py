@@ -6,11 +6,16 @@
 Cheap ingredients (CPU budget): EfficientNet-Lite0 with ImageNet weights at ``--size`` px; the
 network below its last stage is frozen and run once per image (its activations cached), and each
 run fine-tunes the last stage (``blocks[6]``), the final 1x1 conv + BN and the linear head on those
-cached activations (no augmentation: every epoch sees the same pixels). All runs start from the
+cached activations (no augmentation: every epoch sees the same pixels; ``--aug_views K`` adds runs
+on K random crops+flips of every training image, cached the same way). All runs start from the
 same pretrained weights and the same linear-probe head (LP-FT), so their weights can be averaged.
+BatchNorm follows the default recipe's policy on small data (``--bn_stats frozen``: eval mode,
+pretrained running statistics, affine parameters trained), so every run and the probe share their
+statistics, and tlx's rule (``tlx.fusion.recalibration_plan``) keeps them after averaging;
+``--bn_batches N`` forces re-estimation. The other choice is printed beside it for comparison.
 
 Part ``fusion`` (Office-31 amazon, seeded stratified split 60/20/20 into train / val / test):
-``--runs`` fine-tuned runs (seeds x learning rates) -> best single (chosen on val), uniform soup,
+``--runs`` fine-tuned runs (seeds x learning rates [x augmentation]) -> best single (chosen on val), uniform soup,
 greedy soup (on val), logit ensemble, all on the test split and on webcam (distribution shift);
 then the WiSE-FT alpha curve between the linear probe and one fine-tuned run.
 
@@ -46,7 +51,10 @@ from tlx.data.folders import scan_class_folders  # noqa: E402
 from tlx.data.images import load_rgb  # noqa: E402
 from tlx.preprocessing import Preprocessing  # noqa: E402
 from tlx.distillation import KD, RKD, SP, Attention, Hint, Outputs  # noqa: E402
-from tlx.fusion import greedy_soup, interpolate_weights, recalibrate_batchnorm, uniform_soup  # noqa: E402
+from tlx.finetuning.bn_policy import apply_bn_policy  # noqa: E402
+from tlx.fusion import (greedy_soup, interpolate_weights, recalibrate_batchnorm, recalibration_plan,  # noqa: E402
+                        uniform_soup)
+from tlx.fusion.bn_recalibration import DEFAULT_BATCHES  # noqa: E402
 
 OFFICE = REPO / ".." / "shared" / "data" / "office31"
 
@@ -136,8 +144,10 @@ def linear_probe(emb: Tensor, y: Tensor, num_classes: int, steps: int = 300) -> 
 
 
 def train_top(top: Top, a: Tensor, y: Tensor, steps: int, lr: float, seed: int, batch: int = 32,
-              teacher: Outputs | None = None, losses: list | None = None) -> Top:
-    """AdamW + cosine, ``steps`` batches drawn from a seeded permutation; optional distillation."""
+              teacher: Outputs | None = None, losses: list | None = None, freeze_bn_stats: bool = False) -> Top:
+    """AdamW + cosine, ``steps`` batches drawn from a seeded permutation; optional distillation.
+    ``freeze_bn_stats``: BatchNorm in eval mode (pretrained running statistics, affine parameters
+    still trained), the default recipe's policy on small data (tlx.recipes.lpft)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW([p for p in top.parameters()] + [p for m in (losses or []) for p in m.parameters()],
                             lr=lr, weight_decay=1e-4)
@@ -145,6 +155,7 @@ def train_top(top: Top, a: Tensor, y: Tensor, steps: int, lr: float, seed: int, 
     order = torch.randperm(len(a), generator=g)
     pos = 0
     top.train()
+    apply_bn_policy(top, freeze_bn_stats)
     for _ in range(steps):
         if pos + batch > len(order):
             order, pos = torch.randperm(len(a), generator=g), 0
@@ -179,6 +190,12 @@ def row(*cells) -> str:
 
 
 # ---- part 1: soups, ensemble, WiSE-FT -----------------------------------------------------------
+def run_grid(k: int, lrs: list[float], augment: bool) -> dict:
+    """Run ``k``'s hyperparameters: learning rates cycle fastest, then augmentation off / on
+    (when there are augmented views), the seed is ``k`` (Wortsman et al. vary all three)."""
+    return {"seed": k, "lr": lrs[k % len(lrs)], "augment": augment and (k // len(lrs)) % 2 == 1}
+
+
 def fusion_part(args, results: dict) -> None:
     net, cfg = lite("efficientnet_lite0", args.size)
     amazon, webcam = scan_class_folders(OFFICE / "amazon"), scan_class_folders(OFFICE / "webcam")
@@ -192,8 +209,15 @@ def fusion_part(args, results: dict) -> None:
     print(f"activations: amazon {tuple(aa.shape)}, webcam {tuple(aw.shape)} ({time.time() - t0:.0f} s)", flush=True)
     tr, va, te = (torch.tensor(i) for i in stratified(ya.tolist(), (0.6, 0.2, 0.2), seed=0))
     n = len(amazon.classes)
+    if args.aug_views:  # random crops + flips of every training image, made once (split seed 0)
+        t0 = time.time()
+        a_aug = cached(args.cache_dir / f"amazon_train0_{args.aug_views}v_lite0_{args.size}.pt",
+                       lambda: activations(net, views_of([amazon.samples[i][0] for i in tr.tolist()],
+                                                         args.aug_views, seed=0), cfg))
+        y_aug = ya[tr].repeat_interleave(args.aug_views)
+        print(f"augmented views: {tuple(a_aug.shape)} ({time.time() - t0:.0f} s)", flush=True)
 
-    base = Top(net, n)
+    base = Top(net, n)  # BatchNorm layers copied in eval mode: the probe sees the pretrained statistics
     with torch.no_grad():
         emb = base.outputs(aa[tr].float()).embedding
     base.head = linear_probe(emb, ya[tr], n)
@@ -203,49 +227,61 @@ def fusion_part(args, results: dict) -> None:
         return {"val": accuracy(model, aa[va], ya[va]), "test": accuracy(model, aa[te], ya[te]),
                 "webcam": accuracy(model, aw, yw)}
 
-    def recalibrated(state: dict) -> Top:
-        m = Top(net, n)
-        m.load_state_dict(state)
-        if args.bn_batches:
+    def fused(state: dict, bn_batches: int) -> Top:
+        """The averaged weights, BatchNorm re-estimated on ``bn_batches`` training batches (0: kept)."""
+        m = _loaded(net, n, state)
+        if bn_batches:
             g = torch.Generator().manual_seed(0)
             perm = torch.randperm(len(tr), generator=g)
             loader = [(aa[tr][perm[i:i + 32]].float(), None) for i in range(0, len(tr), 32)]
-            recalibrate_batchnorm(m, loader, args.bn_batches)
+            recalibrate_batchnorm(m, loader, bn_batches)
         return m.eval()
 
     runs = []
     lrs = [float(v) for v in args.lrs.split(",")]
     for k in range(args.runs):
-        lr, seed = lrs[k % len(lrs)], k
+        hp = run_grid(k, lrs, bool(args.aug_views))
         t0 = time.time()
         top = Top(net, n)
         top.load_state_dict(lp_state)
-        train_top(top, aa[tr], ya[tr], args.steps, lr, seed)
+        a_train, y_train = (a_aug, y_aug) if hp["augment"] else (aa[tr], ya[tr])
+        train_top(top, a_train, y_train, args.steps, hp["lr"], hp["seed"], freeze_bn_stats=args.bn_stats == "frozen")
         acc = evaluate_all(top)
-        runs.append({"seed": seed, "lr": lr, **acc, "seconds": round(time.time() - t0, 1),
+        runs.append({**hp, **acc, "seconds": round(time.time() - t0, 1),
                      "state": {k2: v.clone() for k2, v in top.state_dict().items()}})
-        print(f"run {k}: lr {lr:g} seed {seed}: val {acc['val']:.1f} test {acc['test']:.1f} "
-              f"webcam {acc['webcam']:.1f} ({time.time() - t0:.0f} s)", flush=True)
+        print(f"run {k}: lr {hp['lr']:g} seed {hp['seed']} augment {'on' if hp['augment'] else 'off'}: "
+              f"val {acc['val']:.1f} test {acc['test']:.1f} webcam {acc['webcam']:.1f} ({time.time() - t0:.0f} s)",
+              flush=True)
 
     states = [r["state"] for r in runs]
+    plan = recalibration_plan(Top(net, n), states + [lp_state], args.bn_batches)
+    # The alternative to the rule's choice, for comparison only (never used to choose).
+    other = 0 if plan.batches else DEFAULT_BATCHES
+    other_name = ("BN statistics kept as averaged (for comparison)" if plan.batches
+                  else f"BN re-estimated ({DEFAULT_BATCHES} batches, for comparison)")
+    print(f"BatchNorm: {plan.reason}", flush=True)
     best = max(range(len(runs)), key=lambda i: runs[i]["val"])
-    uniform = evaluate_all(recalibrated(uniform_soup(states)))
-    uniform_no_bn = evaluate_all(_loaded(net, n, uniform_soup(states)))
+    uniform = evaluate_all(fused(uniform_soup(states), plan.batches))
+    uniform_other = evaluate_all(fused(uniform_soup(states), other))
     soup, members, steps = greedy_soup(states, [r["val"] for r in runs],
-                                       lambda s: evaluate_all(recalibrated(s))["val"])
-    greedy = evaluate_all(recalibrated(soup) if len(members) > 1 else _loaded(net, n, soup))
+                                       lambda s: evaluate_all(fused(s, plan.batches))["val"])
+    greedy = evaluate_all(fused(soup, plan.batches if len(members) > 1 else 0))
     tops = [_loaded(net, n, s) for s in states]
     ens = {}
     for split, (a, y) in {"val": (aa[va], ya[va]), "test": (aa[te], ya[te]), "webcam": (aw, yw)}.items():
         mean_logits = torch.stack([logits_of(t, a) for t in tops]).mean(0)
         ens[split] = 100.0 * float((mean_logits.argmax(1) == y).float().mean())
     lp_acc = evaluate_all(_loaded(net, n, lp_state))
+    how = "the rule" if args.bn_batches is None else f"--bn_batches {args.bn_batches}"
+    rule = f"BN re-estimated ({how})" if plan.batches else f"BN statistics kept ({how})"
     table = {
         "linear probe": {**lp_acc, "cost": 1},
-        "best single (on val)": {**{k: runs[best][k] for k in ("val", "test", "webcam")}, "cost": 1},
-        "uniform soup, BN recalibrated": {**uniform, "cost": 1},
-        "uniform soup, averaged BN statistics": {**uniform_no_bn, "cost": 1},
-        f"greedy soup ({len(members)} of {len(runs)})": {**greedy, "cost": 1},
+        **{f"run {k} (lr {r['lr']:g}, seed {r['seed']}, aug {'on' if r['augment'] else 'off'})":
+           {**{s: r[s] for s in ("val", "test", "webcam")}, "cost": 1} for k, r in enumerate(runs)},
+        f"best single (run {best}, on val)": {**{k: runs[best][k] for k in ("val", "test", "webcam")}, "cost": 1},
+        f"uniform soup ({len(runs)}), {rule}": {**uniform, "cost": 1},
+        f"uniform soup ({len(runs)}), {other_name}": {**uniform_other, "cost": 1},
+        f"greedy soup ({len(members)} of {len(runs)}: runs {', '.join(map(str, members))})": {**greedy, "cost": 1},
         f"logit ensemble ({len(runs)})": {**ens, "cost": len(runs)},
     }
     print("\n| Office-31 amazon, Lite0 last stage fine-tuned | val | test | webcam (shift) | inference cost |")
@@ -253,23 +289,29 @@ def fusion_part(args, results: dict) -> None:
     for name, r in table.items():
         print(row(name, r["val"], r["test"], r["webcam"], f"{r['cost']}x"))
     results["fusion"] = {"runs": [{k: v for k, v in r.items() if k != "state"} for r in runs], "table": table,
-                         "greedy_members": members, "greedy_steps": steps, "best_single": best}
+                         "greedy_members": members, "greedy_steps": steps, "best_single": best,
+                         "bn_recalibration": plan.to_dict()}
 
-    # WiSE-FT between the linear probe and the best fine-tuned run
+    # WiSE-FT between the linear probe and the best fine-tuned run (on val)
     curve = []
     for alpha in [i / 10 for i in range(11)]:
         state = interpolate_weights(lp_state, states[best], alpha)
-        model = recalibrated(state) if 0 < alpha < 1 else _loaded(net, n, state)
-        curve.append({"alpha": alpha, **evaluate_all(model)})
-    print("\n| WiSE-FT alpha (0: linear probe, 1: fine-tuned) | val | amazon test | webcam (shift) |")
-    print("|---|---|---|---|")
+        inner = 0 < alpha < 1  # the ends are trained models, as they are
+        point = {"alpha": alpha, **evaluate_all(fused(state, plan.batches if inner else 0))}
+        point["other_bn"] = evaluate_all(fused(state, other if inner else 0))
+        curve.append(point)
+    print(f"\n| WiSE-FT alpha (0: linear probe, 1: run {best}), {rule} | val | amazon test | webcam (shift) "
+          f"| webcam, {other_name} |")
+    print("|---|---|---|---|---|")
     for p in curve:
-        print(row(f"{p['alpha']:.1f}", p["val"], p["test"], p["webcam"]))
+        print(row(f"{p['alpha']:.1f}", p["val"], p["test"], p["webcam"], p["other_bn"]["webcam"]))
     chosen = max(reversed(curve), key=lambda p: p["val"])
     best_shift = max(curve, key=lambda p: p["webcam"])
+    ends = max(curve[0]["webcam"], curve[-1]["webcam"])
     print(f"alpha chosen on val: {chosen['alpha']:.1f} (test {chosen['test']:.1f}, webcam {chosen['webcam']:.1f}); "
-          f"best on webcam: {best_shift['alpha']:.1f} ({best_shift['webcam']:.1f})", flush=True)
-    results["wise_ft"] = {"curve": curve, "chosen_alpha": chosen["alpha"], "ingredient": best}
+          f"best on webcam: {best_shift['alpha']:.1f} ({best_shift['webcam']:.1f}; best end {ends:.1f})", flush=True)
+    results["wise_ft"] = {"curve": curve, "chosen_alpha": chosen["alpha"], "ingredient": best,
+                          "bn_recalibration": plan.to_dict(), "other_bn": other_name}
 
 
 def _loaded(net: nn.Module, n: int, state: dict) -> Top:
@@ -388,12 +430,17 @@ def main() -> None:
     p.add_argument("--lrs", default="1e-3,3e-3", help="learning rates, cycled over the runs")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3, help="distillation part")
-    p.add_argument("--bn_batches", type=int, default=20)
+    p.add_argument("--bn_batches", type=int, default=None,
+                   help="BN re-estimation batches after averaging; default: by tlx's rule (only if statistics differ)")
+    p.add_argument("--bn_stats", choices=["frozen", "trained"], default="frozen",
+                   help="fusion runs: BatchNorm running statistics frozen (the default recipe's policy) or trained")
+    p.add_argument("--aug_views", type=int, default=0,
+                   help="fusion: random crops+flips per amazon training image; >0 adds augmentation on/off to the runs")
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--seeds", type=int, default=2, help="distillation: seeds per configuration")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cache_dir", type=Path, default=Path("/tmp/tlx_fusion_report"))
+    p.add_argument("--cache_dir", type=Path, default=REPO / "runs" / "fusion_cache")
     p.add_argument("--out", type=Path, default=Path("fusion_report.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -143,7 +143,7 @@ class TLXTrainer(Trainer):
         ckpt_paths: list[str] | None = None,
         method: str = "greedy_soup",
         alphas: list[float] | None = None,
-        bn_recalibration_batches: int = 20,
+        bn_recalibration_batches: int | None = None,
         output_dir: str | None = None,
     ) -> dict:
         """Fuse checkpoints of one architecture: model soups, WiSE-FT, or a logit ensemble.
@@ -156,7 +156,9 @@ class TLXTrainer(Trainer):
             method: ``uniform_soup``, ``greedy_soup``, ``ensemble`` or ``wise_ft``.
             alphas: WiSE-FT's interpolation weights to try, in [0, 1] (default 0, 0.1, ..., 1).
             bn_recalibration_batches: training batches to re-estimate BatchNorm statistics on
-                after averaging weights (0: keep the averaged statistics).
+                after averaging weights; by default (null) 20, and only when the checkpoints'
+                running statistics differ (identical ones, frozen while fine-tuning, are kept);
+                0 keeps the averaged statistics, N > 0 re-estimates on N batches either way.
             output_dir: where ``fused.ckpt`` and ``fusion.json`` go (default ``<default_root_dir>/fused``).
         """
         import os

@@ -11,7 +11,8 @@ from torch import nn
 from tests.helpers import TINY_MODEL, make_imagefolder, run_cli, tiny_fit_args
 from tlx.cli import main
 from tlx.fusion import (EnsembleClassifier, FusionError, greedy_soup, interpolate_weights, load_ingredients,
-                        recalibrate_batchnorm, uniform_soup)
+                        recalibrate_batchnorm, recalibration_plan, uniform_soup)
+from tlx.fusion.bn_recalibration import DEFAULT_BATCHES, statistics_keys
 from tlx.models import ImageClassifier
 
 
@@ -53,7 +54,7 @@ def test_greedy_soup_keeps_only_ingredients_that_do_not_hurt():
 
 
 def test_bn_recalibration_changes_only_running_statistics():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+    net = _bn_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     loader = [(torch.randn(8, 3, 6, 6) * 3 + 1, torch.zeros(8)) for _ in range(4)]
     assert recalibrate_batchnorm(net, loader, num_batches=3)
@@ -65,6 +66,27 @@ def test_bn_recalibration_changes_only_running_statistics():
     with torch.no_grad():
         means = torch.stack([net[0](x).mean(dim=(0, 2, 3)) for x, _ in loader[:3]]).mean(0)
     torch.testing.assert_close(after["1.running_mean"], means, rtol=1e-4, atol=1e-5)
+
+
+def _bn_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+
+
+def test_recalibration_plan_re_estimates_only_when_statistics_differ():
+    net = _bn_net()
+    a = {k: v.clone() for k, v in net.state_dict().items()}
+    b = {k: v + 1 if k == "0.weight" else v.clone() for k, v in a.items()}  # other weights, same statistics
+    b["1.num_batches_tracked"] += 7  # a step count is no statistic: trained longer, measured nothing new
+    assert statistics_keys(net) == ["1.running_mean", "1.running_var"]
+    same = recalibration_plan(net, [a, b])
+    assert (same.batches, same.statistics_differ) == (0, False) and "identical" in same.reason
+    c = dict(b, **{"1.running_var": b["1.running_var"] * 1.5})
+    differ = recalibration_plan(net, [a, b, c])
+    assert (differ.batches, differ.statistics_differ) == (DEFAULT_BATCHES, True) and "differ" in differ.reason
+    # an explicit number wins either way; 0 switches re-estimation off
+    assert recalibration_plan(net, [a, b], requested=5).batches == 5
+    assert recalibration_plan(net, [a, c], requested=0).batches == 0
+    assert recalibration_plan(nn.Linear(2, 2), [nn.Linear(2, 2).state_dict()] * 2).batches == 0
 
 
 def test_ensemble_is_the_mean_of_the_members_logits():
@@ -114,6 +136,77 @@ def test_wise_ft_end_to_end_reports_the_alpha_curve(three_runs, tmp_path):
     assert [p["alpha"] for p in report["alpha_curve"]] == [0.0, 0.5, 1.0]
     assert report["alpha"] in (0.0, 0.5, 1.0)
     assert report["result"]["val_acc"] == max(p["val_acc"] for p in report["alpha_curve"])
+
+
+def _same_statistics_as(src: str, stats_from: str, out) -> str:
+    """A copy of checkpoint ``src`` whose BatchNorm running statistics are those of ``stats_from``
+    (as if both had been fine-tuned with the statistics frozen)."""
+    ckpt, donor = torch.load(src, weights_only=True), torch.load(stats_from, weights_only=True)["state_dict"]
+    for key in ckpt["state_dict"]:
+        if key.endswith(("running_mean", "running_var")):
+            ckpt["state_dict"][key] = donor[key].clone()
+    torch.save(ckpt, out)
+    return str(out)
+
+
+def _wise_ft(data, paths, out, *extra) -> tuple[dict, dict]:
+    args = [a for a in _fuse_args(data, paths, out, "wise_ft", "--alphas", "0.5") if "bn_recalibration" not in a]
+    run_cli([*args, *extra])
+    return json.loads((out / "fusion.json").read_text()), torch.load(out / "fused.ckpt", weights_only=True)["state_dict"]
+
+
+def test_identical_bn_statistics_are_kept_and_differing_ones_re_estimated(three_runs, tmp_path):
+    data, paths = three_runs
+    lp, ft = (load_ingredients([p])[0].state_dict for p in paths[:2])
+    keys = [k for k in lp if k.endswith(("running_mean", "running_var"))]
+    assert keys and any(not torch.equal(lp[k], ft[k]) for k in keys)  # these runs trained their statistics
+
+    # identical statistics: by default no re-estimation, the result is exactly the interpolation
+    same = _same_statistics_as(paths[1], paths[0], tmp_path / "ft_frozen_bn.ckpt")
+    report, fused = _wise_ft(data, [paths[0], same], tmp_path / "same")
+    assert report["bn_recalibration"]["batches"] == 0 and not report["bn_recalibration"]["statistics_differ"]
+    assert not report["recalibrated"]
+    expected = interpolate_weights(lp, load_ingredients([same])[0].state_dict, 0.5)
+    assert all(torch.equal(fused[k], expected[k]) for k in expected)
+    assert all(torch.equal(fused[k], lp[k]) for k in keys)
+
+    # differing statistics: re-estimated by default; only the statistics move away from the interpolation
+    report, fused = _wise_ft(data, paths[:2], tmp_path / "differ")
+    assert report["bn_recalibration"] == {"requested": None, "batches": DEFAULT_BATCHES, "statistics_differ": True,
+                                          "reason": report["bn_recalibration"]["reason"]}
+    assert report["recalibrated"]
+    mixed = interpolate_weights(lp, ft, 0.5)
+    counters = {k.replace("running_mean", "num_batches_tracked") for k in keys}
+    assert {k for k in mixed if not torch.equal(fused[k], mixed[k])} <= {*keys, *counters}
+    assert any(not torch.equal(fused[k], mixed[k]) for k in keys)
+
+    # forced either way
+    report, fused = _wise_ft(data, [paths[0], same], tmp_path / "forced", "--bn_recalibration_batches=2")
+    assert report["bn_recalibration"]["batches"] == 2 and report["recalibrated"]
+    report, fused = _wise_ft(data, paths[:2], tmp_path / "off", "--bn_recalibration_batches=0")
+    assert report["bn_recalibration"]["batches"] == 0 and not report["recalibrated"]
+    assert all(torch.equal(fused[k], mixed[k]) for k in mixed)
+
+
+def test_default_recipe_runs_fuse_without_re_estimation(tmp_path):
+    """Runs of the default recipe (LP-FT, statistics frozen on small data) share their BatchNorm
+    statistics, so by default the soup keeps them."""
+    from tests.helpers import TINY_PREPROCESSING
+
+    data = make_imagefolder(tmp_path / "data", n_train=6, n_val=3)
+    paths = []
+    for seed in (1, 2):
+        run_cli(["fit", "--data.root", str(data), f"--model.init_args.backbone={TINY_MODEL['backbone']}",
+                 "--model.init_args.weights=null", f"--model.init_args.preprocessing={json.dumps(TINY_PREPROCESSING)}",
+                 "--data.init_args.num_workers=0", "--trainer.max_steps=3", f"--seed_everything={seed}",
+                 f"--trainer.default_root_dir={tmp_path / str(seed)}", "--trainer.enable_progress_bar=false",
+                 "--trainer.logger=false"])
+        paths.append(str(next((tmp_path / str(seed)).rglob("best.ckpt"))))
+    args = [a for a in _fuse_args(data, paths, tmp_path / "out", "uniform_soup") if "bn_recalibration" not in a]
+    run_cli(args)
+    report = json.loads((tmp_path / "out" / "fusion.json").read_text())
+    assert report["batchnorm"] and report["bn_recalibration"]["batches"] == 0 and not report["recalibrated"]
+    assert "identical" in report["bn_recalibration"]["reason"]
 
 
 @pytest.mark.parametrize("case, message", [

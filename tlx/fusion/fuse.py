@@ -18,7 +18,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor, nn
 
 from tlx.checkpointing import atomic_torch_save
-from tlx.fusion.bn_recalibration import has_batchnorm, recalibrate_batchnorm
+from tlx.fusion.bn_recalibration import (RecalibrationPlan, has_batchnorm, recalibrate_batchnorm,
+                                         recalibration_plan)
 from tlx.fusion.ensemble import EnsembleClassifier
 from tlx.fusion.greedy_soup import greedy_soup
 from tlx.fusion.ingredients import FusionError, checkpoint_like, load_ingredients
@@ -91,14 +92,17 @@ def _prepare_data(datamodule: LightningDataModule | None, model: ImageClassifier
 
 
 def fuse(ckpt_paths: list[str], method: str, datamodule: LightningDataModule | None,
-         alphas: list[float] | None = None, bn_recalibration_batches: int = 20, output_dir: str = "fused",
+         alphas: list[float] | None = None, bn_recalibration_batches: int | None = None, output_dir: str = "fused",
          device: torch.device | str = "cpu", model: nn.Module | None = None) -> dict[str, Any]:
     """Fuse ``ckpt_paths`` with ``method``; write ``fused.ckpt`` and ``fusion.json`` to
     ``output_dir`` and return the report. ``model``: the network to load the weights into (by
-    default built from the first checkpoint). See the README's "Knowledge fusion" section."""
+    default built from the first checkpoint). ``bn_recalibration_batches``: ``None`` re-estimates
+    BatchNorm statistics after averaging only when the ingredients' statistics differ
+    (:func:`tlx.fusion.bn_recalibration.recalibration_plan`); a number forces that many batches
+    (0: never). See the README's "Knowledge fusion" section."""
     if method not in METHODS:
         raise FusionError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}.")
-    if bn_recalibration_batches < 0:
+    if bn_recalibration_batches is not None and bn_recalibration_batches < 0:
         raise FusionError(f"--bn_recalibration_batches must be >= 0, got {bn_recalibration_batches}.")
     if method == "wise_ft":
         alphas = check_alphas(alphas if alphas is not None else DEFAULT_ALPHAS)
@@ -111,10 +115,16 @@ def fuse(ckpt_paths: list[str], method: str, datamodule: LightningDataModule | N
     device = torch.device(device)
     model = model if model is not None else model_from_checkpoint(ingredients[0].checkpoint, load_weights=False)
     datamodule = _prepare_data(datamodule, model)
-    ev = _Evaluator(model, datamodule, bn_recalibration_batches, device)
     states = [ing.state_dict for ing in ingredients]
+    if method == "ensemble":  # no weights averaged: each member keeps its own statistics
+        plan = RecalibrationPlan(0, "an ensemble averages no weights: each member keeps its own statistics",
+                                 bn_recalibration_batches, False)
+    else:
+        plan = recalibration_plan(model, states, bn_recalibration_batches)
+        log.info("fuse %s, BatchNorm: %s.", method, plan.reason)
+    ev = _Evaluator(model, datamodule, plan.batches, device)
 
-    report: dict[str, Any] = {"method": method, "bn_recalibration_batches": bn_recalibration_batches,
+    report: dict[str, Any] = {"method": method, "bn_recalibration": plan.to_dict(),
                               "batchnorm": has_batchnorm(model), "ingredients": []}
     for ing in ingredients:  # each as trained: its own BatchNorm statistics
         ev.set_weights(ing.state_dict, recalibrate=False)
@@ -152,7 +162,7 @@ def fuse(ckpt_paths: list[str], method: str, datamodule: LightningDataModule | N
         report["recalibrated"] = False  # each member keeps its own statistics
         report["result"] = {"val_acc": ev.val(ensemble), "test_acc": ev.test(ensemble)}
     if method != "ensemble":
-        # The written weights are those evaluated: averaged, then BatchNorm re-estimated.
+        # The written weights are those evaluated: averaged, then BatchNorm re-estimated if planned.
         report["recalibrated"] = ev.set_weights(fused, recalibrate=averaged)
         fused = {k: v.detach().cpu().clone() for k, v in ev.model.state_dict().items()}
         report["result"] = {"val_acc": ev.val(), "test_acc": ev.test()}
