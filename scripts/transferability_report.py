@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -62,39 +63,43 @@ METRICS = ["logme", "leep", "nce", "hscore", "knn"]
 
 
 # ---- tasks ---------------------------------------------------------------------------------------
-def dataset_splits(args) -> dict[str, tuple[list[Sample], list[Sample]]]:
-    """The three image sets extracted once per backbone: hymenoptera, webcam, amazon (capped)."""
+Task = tuple[str, list[int], list[int], "np.ndarray | None"]  # image set, train/val indices into it, label map
+
+
+def tasks(args) -> tuple[dict[str, list[Sample]], dict[str, Task]]:
+    """The three image sets (each extracted once per backbone) and the 6 tasks as indices into them.
+
+    hymenoptera: its given train/val split; amazon, webcam: a seeded stratified split
+    (``--val_fraction`` held out per class); webcam 5-shot: 5 seeded images per class, every other
+    webcam image validates; two seeded 10-class subsets of amazon's split. ``--max_per_class``
+    caps each split per class (seeded) for a quick run; 0, the default, keeps every image.
+    """
     hym = DATA / "hymenoptera"
-    sets = {"hymenoptera": (per_class_subset(scan_class_folders(hym / "train", "train").samples, args.hymenoptera_per_class),
-                            per_class_subset(scan_class_folders(hym / "val", "val").samples, args.hymenoptera_per_class))}
-    for domain in ("webcam", "amazon"):
-        train, val = stratified_split(scan_class_folders(DATA / "office31" / domain, domain).samples, 0.4, 0)
-        sets[domain] = (per_class_subset(train, args.train_per_class, 0), per_class_subset(val, args.val_per_class, 0))
-    return sets
+    hym_train, hym_val = (scan_class_folders(hym / s, s).samples for s in ("train", "val"))
+    sets = {"hymenoptera": hym_train + hym_val,
+            **{d: scan_class_folders(DATA / "office31" / d, d).samples for d in ("webcam", "amazon")}}
+    position = {name: {s: i for i, s in enumerate(samples)} for name, samples in sets.items()}
 
+    def task(set_name: str, train: list[Sample], val: list[Sample], remap=None) -> Task:
+        cap = args.max_per_class or None
+        return (set_name, [position[set_name][s] for s in per_class_subset(train, cap)],
+                [position[set_name][s] for s in per_class_subset(val, cap)], remap)
 
-def tasks(sets) -> dict[str, tuple[str, list[int], list[int], np.ndarray | None]]:
-    """task -> (image set, train indices, val indices, label map or None) into the set's lists."""
-    out = {}
-    for name in ("hymenoptera", "amazon", "webcam"):
-        train, val = sets[name]
-        out[name] = (name, list(range(len(train))), list(range(len(val))), None)
-    train, val = sets["webcam"]
-    by_class: dict[int, list[int]] = {}
-    for i, (_, y) in enumerate(train):
-        by_class.setdefault(y, []).append(i)
-    rng = random.Random(0)
-    shot = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(5, len(idx))))
-    out["webcam-5shot"] = ("webcam", shot, list(range(len(val))), None)
-    train, val = sets["amazon"]
+    out = {"hymenoptera": task("hymenoptera", hym_train, hym_val)}
+    splits = {d: stratified_split(sets[d], args.val_fraction, 0) for d in ("amazon", "webcam")}
+    for domain in ("amazon", "webcam"):
+        out[domain] = task(domain, *splits[domain])
+    shot = per_class_subset(sets["webcam"], 5, 0)
+    out["webcam-5shot"] = task("webcam", shot, sorted(set(sets["webcam"]) - set(shot)))
+    train, val = splits["amazon"]
     classes = sorted({y for _, y in train})
     for seed in (1, 2):
         chosen = sorted(random.Random(seed).sample(classes, 10))
         remap = np.full(len(classes), -1)
         remap[chosen] = np.arange(10)
-        out[f"amazon-10cls-s{seed}"] = ("amazon", [i for i, (_, y) in enumerate(train) if y in chosen],
-                                        [i for i, (_, y) in enumerate(val) if y in chosen], remap)
-    return out
+        out[f"amazon-10cls-s{seed}"] = task("amazon", [s for s in train if s[1] in chosen],
+                                            [s for s in val if s[1] in chosen], remap)
+    return sets, out
 
 
 # ---- one pass per (image set, backbone): features, source softmax, and the top stage's input --------
@@ -123,7 +128,12 @@ class WithStageInput(nn.Module):
         return torch.cat([out, self.maps.flatten(1).float()], dim=1)
 
 
-def extract(spec: str, backbone: Backbone, samples: list[Sample], cache_dir: Path):
+def extract(backbone: Backbone, samples: list[Sample], cache_dir: Path):
+    """(pooled features, source softmax or None, top-stage input maps, labels, extraction seconds).
+
+    The seconds are those of the pass that computed the cache file (kept beside it in
+    ``seconds.json``), so a resumed run still reports what extraction costs.
+    """
     scoring = ScoringNetwork(backbone)
     cut, _ = top_stage(backbone)
     net = WithStageInput(scoring, cut).eval()
@@ -132,15 +142,20 @@ def extract(spec: str, backbone: Backbone, samples: list[Sample], cache_dir: Pat
         net(torch.zeros(1, 3, cfg.input_size, cfg.input_size))
     shape = net.shape
     dataset = LabelledImages(samples, eval_transform(cfg), cfg.resize_size)
-    key = {"files": files_digest(samples), "preprocessing": cfg.to_dict(), "report": 1}
-    start = time.perf_counter()
-    out, labels = extract_features(net, dataset, batch_size=32, precision="32-true", cache_dir=cache_dir, cache_key=key)
-    seconds = time.perf_counter() - start
+    key = {"files": files_digest(samples), "preprocessing": cfg.to_dict(), "report": 2}
+    stats: dict = {}
+    out, labels = extract_features(net, dataset, batch_size=32, precision="32-true", cache_dir=cache_dir,
+                                   cache_key=key, stats=stats, channels_last=True)
     net.hook.remove()  # the backbone is copied for fine-tuning later: without this hook
+    timings_file = cache_dir / "seconds.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    if stats["status"] == "computed":
+        timings[stats["key"]] = stats["seconds"]
+        timings_file.write_text(json.dumps(timings, indent=1))
     n_maps = int(np.prod(shape))
     features, probs = scoring.split(out[:, :-n_maps])
     maps = out[:, -n_maps:].reshape(-1, *shape)
-    return features, probs, maps, labels, seconds
+    return features, probs, maps, labels, timings.get(stats["key"], stats["seconds"])
 
 
 # ---- ground truth ------------------------------------------------------------------------------
@@ -199,32 +214,39 @@ def correlations(results: dict, metric: str, truth: str) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbones", nargs="+", default=BACKBONES)
-    p.add_argument("--train_per_class", type=int, default=8)
-    p.add_argument("--val_per_class", type=int, default=5)
-    p.add_argument("--hymenoptera_per_class", type=int, default=50, help="cap per class and split (0: all)")
+    p.add_argument("--val_fraction", type=float, default=0.4, help="held out per class of amazon and webcam")
+    p.add_argument("--max_per_class", type=int, default=0, help="cap per class and split, seeded (0: all images)")
     p.add_argument("--ft_steps", type=int, default=40)
     p.add_argument("--ft_batch", type=int, default=16)
+    p.add_argument("--ft_seeds", type=int, nargs="+", default=[0, 1, 2], help="the fine-tuning's seeds, averaged")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    p.add_argument("--extract_only", action="store_true", help="fill the feature cache, train nothing")
     p.add_argument("--cache_dir", default="runs/transferability/features")
     p.add_argument("--out", default="runs/transferability/report.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    out_path = Path(args.out)
+    out_path, cache_dir = Path(args.out), Path(args.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     report = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    sets = dataset_splits(args)
-    task_list = tasks(sets)
+    sets, task_list = tasks(args)
     backbones = build_backbones(args.backbones)
     for spec, backbone in backbones.items():
-        for set_name, (train_s, val_s) in sets.items():
-            todo = [t for t, v in task_list.items() if v[0] == set_name and spec not in report.get(t, {})]
+        for set_name, samples in sets.items():
+            todo = [t for t, v in task_list.items() if v[0] == set_name
+                    and report.get(t, {}).get(spec, {}).get("finetune_seeds") != args.ft_seeds]
             if not todo:
                 continue
-            tr = extract(spec, backbone, train_s, Path(args.cache_dir))
-            va = extract(spec, backbone, val_s, Path(args.cache_dir))
+            # every task of the set, not only those to do, so that a resumed run hits the same cache file
+            used = sorted({i for v in task_list.values() if v[0] == set_name for i in v[1] + v[2]})
+            row = {i: r for r, i in enumerate(used)}  # set index -> row of the extraction
+            features, probs, maps, labels, seconds = extract(backbone, [samples[i] for i in used], cache_dir)
+            print(f"{set_name:12s} {spec:40s} extracted {len(used)} images in {seconds:.0f} s", flush=True)
+            if args.extract_only:
+                continue
             for task in todo:
                 _, ti, vi, remap = task_list[task]
-                ti, vi = torch.tensor(ti), torch.tensor(vi)
-                ytr, yva = tr[3][ti], va[3][vi]
+                ti, vi = torch.tensor([row[i] for i in ti]), torch.tensor([row[i] for i in vi])
+                ytr, yva = labels[ti], labels[vi]
                 if remap is not None:
                     ytr, yva = torch.as_tensor(remap)[ytr], torch.as_tensor(remap)[yva]
                 classes = int(ytr.max()) + 1
@@ -232,25 +254,32 @@ def main() -> None:
                 scores = {}
                 for m in METRICS:
                     metric = get_metric(m)
-                    source = tr[1][ti] if metric.needs_source_classifier else tr[0][ti]
-                    scores[m] = None if source is None and metric.needs_source_classifier else metric.score(source, ytr)
+                    source = probs[ti] if metric.needs_source_classifier and probs is not None else features[ti]
+                    scores[m] = None if probs is None and metric.needs_source_classifier else metric.score(source, ytr)
                 score_s = time.perf_counter() - start
-                # Extraction time of this task's share of the set (tasks on a subset take a share).
-                extract_s = (tr[4] * len(ti) / len(tr[3])) + (va[4] * len(vi) / len(va[3]))
-                probe = linear_probe(tr[0][ti], ytr, va[0][vi], yva, classes)
+                probe = linear_probe(features[ti], ytr, features[vi], yva, classes)
                 start = time.perf_counter()
-                ft = finetune_top(backbone, tr[2][ti], ytr, va[2][vi], yva, classes, args.ft_steps, args.ft_batch, 0)
-                ft_s = time.perf_counter() - start
+                fts = [finetune_top(backbone, maps[ti], ytr, maps[vi], yva, classes, args.ft_steps, args.ft_batch, seed)
+                       for seed in args.ft_seeds]
+                ft_s = (time.perf_counter() - start) / len(args.ft_seeds)
                 report.setdefault(task, {})[spec] = {
-                    "scores": scores, "probe_acc": probe, "finetune_acc": ft, "train_images": len(ti),
-                    "val_images": len(vi), "rank_seconds": tr[4] * len(ti) / len(tr[3]) + score_s,
-                    "extract_seconds": extract_s, "finetune_seconds": ft_s,
+                    "scores": scores, "probe_acc": probe, "finetune_acc": float(np.mean(fts)), "finetune_accs": fts,
+                    "finetune_seeds": args.ft_seeds, "train_images": len(ti), "val_images": len(vi),
+                    # Extraction time of this task's share of the pass (a task on a subset takes a share).
+                    "rank_seconds": seconds * len(ti) / len(used) + score_s,
+                    "extract_seconds": seconds * (len(ti) + len(vi)) / len(used), "finetune_seconds": ft_s,
                 }
-                print(f"{task:20s} {spec:40s} logme {scores['logme']:.3f} probe {probe:.3f} ft {ft:.3f} "
-                      f"(ft {ft_s:.0f} s, extract {extract_s:.0f} s)", flush=True)
+                print(f"{task:20s} {spec:40s} logme {scores['logme']:.3f} probe {probe:.3f} ft "
+                      f"{' '.join(f'{a:.3f}' for a in fts)} ({ft_s:.0f} s each)", flush=True)
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 out_path.write_text(json.dumps(report, indent=1))
-    print_report(report)
+    if not args.extract_only:
+        print_report(report)
+
+
+def wilson_half_width(p: float, n: int, z: float = 1.96) -> float:
+    """Half the width of the 95% Wilson interval of an accuracy ``p`` measured on ``n`` images."""
+    return z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
 
 
 def print_report(report: dict) -> None:
