@@ -162,6 +162,7 @@ def extract(backbone: Backbone, samples: list[Sample], cache_dir: Path):
 def linear_probe(train_x, train_y, val_x, val_y, classes: int) -> float:
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     xs, vs = (train_x - mean) / std, (val_x - mean) / std
+    torch.manual_seed(0)  # the start only: the objective is convex, but a run is reproducible to the digit
     lin = nn.Linear(xs.shape[1], classes)
     opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=200, history_size=10, line_search_fn="strong_wolfe")
 
@@ -176,8 +177,10 @@ def linear_probe(train_x, train_y, val_x, val_y, classes: int) -> float:
         return float((lin(vs).argmax(1) == val_y).float().mean())
 
 
-def finetune_top(backbone: Backbone, train_maps, train_y, val_maps, val_y, classes: int, steps: int, batch: int,
-                 seed: int) -> float:
+def finetune_top(backbone: Backbone, train_maps, train_y, val_maps, val_y, classes: int, eval_at: list[int],
+                 batch: int, seed: int) -> list[float]:
+    """Validation accuracy after each number of steps in ``eval_at`` of one seeded run (constant
+    learning rates, so the accuracy at 40 steps of a 320-step run is that of a 40-step run)."""
     import copy
 
     torch.manual_seed(seed)
@@ -186,8 +189,8 @@ def finetune_top(backbone: Backbone, train_maps, train_y, val_maps, val_y, class
     stage.eval()  # BN running statistics stay the pretrained ones (batches of 32 are too noisy)
     opt = torch.optim.AdamW([{"params": stage.parameters(), "lr": 1e-4}, {"params": head.parameters(), "lr": 1e-3}],
                             weight_decay=1e-4)
-    n = len(train_y)
-    for _ in range(steps):
+    n, accs = len(train_y), []
+    for step in range(1, max(eval_at) + 1):
         idx = torch.randint(n, (min(batch, n),))
         x = train_maps[idx].float()
         flip = torch.rand(len(idx)) < 0.5
@@ -196,10 +199,12 @@ def finetune_top(backbone: Backbone, train_maps, train_y, val_maps, val_y, class
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        preds = torch.cat([head(stage(val_maps[i:i + 64].float()).flatten(1)).argmax(1)
-                           for i in range(0, len(val_y), 64)])
-    return float((preds == val_y).float().mean())
+        if step in eval_at:
+            with torch.no_grad():
+                preds = torch.cat([head(stage(val_maps[i:i + 64].float()).flatten(1)).argmax(1)
+                                   for i in range(0, len(val_y), 64)])
+            accs.append(float((preds == val_y).float().mean()))
+    return accs
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -218,6 +223,8 @@ def main() -> None:
     p.add_argument("--max_per_class", type=int, default=0, help="cap per class and split, seeded (0: all images)")
     p.add_argument("--ft_steps", type=int, default=40)
     p.add_argument("--ft_batch", type=int, default=16)
+    p.add_argument("--ft_curve", type=int, nargs="*", default=[],
+                   help="also record the fine-tuned accuracy after these numbers of steps (is it still climbing?)")
     p.add_argument("--ft_seeds", type=int, nargs="+", default=[0, 1, 2], help="the fine-tuning's seeds, averaged")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     p.add_argument("--extract_only", action="store_true", help="fill the feature cache, train nothing")
@@ -229,11 +236,13 @@ def main() -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     report = json.loads(out_path.read_text()) if out_path.is_file() else {}
     sets, task_list = tasks(args)
+    eval_at = sorted({args.ft_steps, *args.ft_curve})
+    recipe = {"steps": args.ft_steps, "batch": args.ft_batch, "seeds": args.ft_seeds, "curve": eval_at}
     backbones = build_backbones(args.backbones)
     for spec, backbone in backbones.items():
         for set_name, samples in sets.items():
             todo = [t for t, v in task_list.items() if v[0] == set_name
-                    and report.get(t, {}).get(spec, {}).get("finetune_seeds") != args.ft_seeds]
+                    and report.get(t, {}).get(spec, {}).get("recipe") != recipe]
             if not todo:
                 continue
             # every task of the set, not only those to do, so that a resumed run hits the same cache file
@@ -259,12 +268,15 @@ def main() -> None:
                 score_s = time.perf_counter() - start
                 probe = linear_probe(features[ti], ytr, features[vi], yva, classes)
                 start = time.perf_counter()
-                fts = [finetune_top(backbone, maps[ti], ytr, maps[vi], yva, classes, args.ft_steps, args.ft_batch, seed)
-                       for seed in args.ft_seeds]
-                ft_s = (time.perf_counter() - start) / len(args.ft_seeds)
+                runs = [finetune_top(backbone, maps[ti], ytr, maps[vi], yva, classes, eval_at, args.ft_batch, seed)
+                        for seed in args.ft_seeds]
+                # one fine-tuning of --ft_steps (a longer --ft_curve run is scaled down to it)
+                ft_s = (time.perf_counter() - start) / len(args.ft_seeds) * args.ft_steps / max(eval_at)
+                fts = [r[eval_at.index(args.ft_steps)] for r in runs]
+                curve = {str(k): float(np.mean([r[j] for r in runs])) for j, k in enumerate(eval_at)}
                 report.setdefault(task, {})[spec] = {
                     "scores": scores, "probe_acc": probe, "finetune_acc": float(np.mean(fts)), "finetune_accs": fts,
-                    "finetune_seeds": args.ft_seeds, "train_images": len(ti), "val_images": len(vi),
+                    "recipe": recipe, "finetune_curve": curve, "train_images": len(ti), "val_images": len(vi),
                     # Extraction time of this task's share of the pass (a task on a subset takes a share).
                     "rank_seconds": seconds * len(ti) / len(used) + score_s,
                     "extract_seconds": seconds * (len(ti) + len(vi)) / len(used), "finetune_seconds": ft_s,
@@ -298,14 +310,42 @@ def print_report(report: dict) -> None:
         print(f"{'mean':20s} " + " ".join(
             f"{np.nanmean([t for t, _ in sums[m]]):+.2f} / {np.nanmean([r for _, r in sums[m]]):+.2f}".rjust(15)
             for m in METRICS))
-    print("\naccuracy per task (fine-tuned top stage / linear probe):")
+    print("\naccuracy per task (fine-tuned top stage, mean over seeds / linear probe):")
     for task, results in complete.items():
         print(f"  {task:20s} " + "  ".join(f"{b.split(':')[-1]} {v['finetune_acc']:.3f}/{v['probe_acc']:.3f}"
                                             for b, v in results.items()))
+    print_noise(complete)
+    print_curve(complete)
     rank_s = sum(v["rank_seconds"] for r in complete.values() for v in r.values())
     ft_s = sum(v["finetune_seconds"] + v["extract_seconds"] for r in complete.values() for v in r.values())
     print(f"\nwall time: scoring (extraction of the training images + metrics) {rank_s:.0f} s; the top-stage "
           f"fine-tunings it replaces {ft_s:.0f} s (their feature extraction included; full fine-tuning costs far more)")
+
+
+def print_noise(complete: dict) -> None:
+    """Is the ground truth sharp enough to rank by? The backbones' spread against two noise scales."""
+    print("\nnoise of the fine-tuned ground truth, in accuracy points: backbones' range (max - min of the "
+          "seed means) vs\nthe seeds' std (mean over backbones) and the 95% Wilson half-width of one "
+          "accuracy on n validation images")
+    print(f"  {'task':20s} {'n val':>6s} {'backbones':>10s} {'seed std':>9s} {'Wilson':>7s}")
+    for task, results in complete.items():
+        accs = [v["finetune_acc"] for v in results.values()]
+        n = next(iter(results.values()))["val_images"]
+        seed_std = np.mean([np.std(v.get("finetune_accs", [v["finetune_acc"]])) for v in results.values()])
+        print(f"  {task:20s} {n:6d} {100 * (max(accs) - min(accs)):10.1f} {100 * seed_std:9.1f} "
+              f"{100 * wilson_half_width(float(np.mean(accs)), n):7.1f}")
+
+
+def print_curve(complete: dict) -> None:
+    """The fine-tuned accuracy (mean over seeds) after each recorded number of steps."""
+    curves = {t: {b: v["finetune_curve"] for b, v in r.items() if len(v.get("finetune_curve", {})) > 1}
+              for t, r in complete.items()}
+    if not any(curves.values()):
+        return
+    print("\nfine-tuned accuracy (mean over seeds) after n steps:")
+    for task, by_backbone in curves.items():
+        for b, curve in by_backbone.items():
+            print(f"  {task:20s} {b.split(':')[-1]:30s} " + "  ".join(f"{k}: {a:.3f}" for k, a in curve.items()))
 
 
 if __name__ == "__main__":
