@@ -245,8 +245,9 @@ def main() -> None:
     eval_at = sorted({args.ft_steps, *args.ft_curve})
     recipe = {"steps": args.ft_steps, "batch": args.ft_batch, "seeds": args.ft_seeds, "curve": eval_at}
     backbones = build_backbones(args.backbones)
-    for spec, backbone in backbones.items():
-        for set_name, samples in sets.items():
+    # Image set by image set, every backbone in turn: a stopped run leaves whole tasks to correlate.
+    for set_name, samples in sets.items():
+        for spec, backbone in backbones.items():
             todo = [t for t, v in task_list.items() if v[0] == set_name
                     and report.get(t, {}).get(spec, {}).get("recipe") != recipe]
             if not todo:
