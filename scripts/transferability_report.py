@@ -16,7 +16,7 @@ image validating; two seeded 10-class subsets of amazon's split) and 4 offline b
      (lr 1e-3 head, 1e-4 stage), ``--ft_steps`` 320 steps of batch ``--ft_batch`` 16, random
      horizontal flips of the cached maps; averaged over the ``--ft_seeds`` 0 1 2 (the seed draws
      the head's start, the batches and the flips). The same recipe for every backbone and task.
-     320 steps, not 40: at 40 the accuracy was still climbing (Lite0 on amazon 72.1 at 40 steps,
+     320 steps, not 40: at 40 the accuracy was still climbing (Lite0 on amazon, seed 0: 72.1 at 40 steps,
      84.9 at 320, 85.6 at 640); ``--ft_curve`` records it along the way;
 3. prints each metric's weighted Kendall tau (scipy.stats.weightedtau, as the
    Transfer-Learning-Library reports it) and Pearson r against both ground truths, per task and
