@@ -236,6 +236,8 @@ def main() -> None:
                    help="also record the fine-tuned accuracy after these numbers of steps (is it still climbing?)")
     p.add_argument("--ft_seeds", type=int, nargs="+", default=[0, 1, 2], help="the fine-tuning's seeds, averaged")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    p.add_argument("--sets", nargs="+", default=["hymenoptera", "webcam", "amazon"],
+                   help="image sets to run (their tasks), e.g. one per process")
     p.add_argument("--extract_only", action="store_true", help="fill the feature cache, train nothing")
     p.add_argument("--cache_dir", default="runs/transferability/features")
     p.add_argument("--out", default="runs/transferability/report.json")
@@ -249,7 +251,8 @@ def main() -> None:
     recipe = {"steps": args.ft_steps, "batch": args.ft_batch, "seeds": args.ft_seeds, "curve": eval_at}
     backbones = build_backbones(args.backbones)
     # Image set by image set, every backbone in turn: a stopped run leaves whole tasks to correlate.
-    for set_name, samples in sets.items():
+    for set_name in args.sets:
+        samples = sets[set_name]
         for spec, backbone in backbones.items():
             todo = [t for t, v in task_list.items() if v[0] == set_name
                     and report.get(t, {}).get(spec, {}).get("recipe") != recipe]
