@@ -43,7 +43,7 @@ class ArrayReader(ImageCalibrationReader):
         self.images = images
 
     def get_next(self):
-        if self._next >= min(len(self.images), self._end or len(self.images)):
+        if self._next >= self._end:  # the base class keeps the range (strided calibration)
             return None
         batch = self.images[self._next:self._next + self.batch_size]
         self._next += len(batch)

@@ -113,6 +113,9 @@ def test_calibration_draw_is_seeded_and_class_balanced(tmp_path):
     assert [b["image"].shape[0] for b in iter(reader.get_next, None)] == [2]
     reader.set_range(start_index=2, end_index=3)
     assert np.array_equal(reader.get_next()["image"], batches[2]["image"]) and reader.get_next() is None
+    reader.set_range(start_index=0, end_index=1)
+    reader.rewind()  # a rewind reads everything again, not the last range
+    assert len(list(iter(reader.get_next, None))) == 3
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])

@@ -51,22 +51,22 @@ class ImageCalibrationReader(CalibrationDataReader):
 
     def __init__(self, paths: Sequence[str], transform: Callable, input_name: str, batch_size: int = 16):
         self.paths, self.transform, self.input_name, self.batch_size = list(paths), transform, input_name, batch_size
-        self._next, self._end = 0, None
+        self._next, self._end = 0, len(self.paths)
 
     def __len__(self) -> int:
         return -(-len(self.paths) // self.batch_size)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= min(len(self.paths), self._end or len(self.paths)):
+        if self._next >= self._end:
             return None
         batch = self.paths[self._next:self._next + self.batch_size]
         self._next += len(batch)
         return {self.input_name: torch.stack([self.transform(load_rgb(p)) for p in batch]).numpy()}
 
     def rewind(self) -> None:
-        self._next = 0
+        self._next, self._end = 0, len(self.paths)  # a range set for strided calibration ends with it
 
     def set_range(self, start_index: int, end_index: int) -> None:
         """Read batches ``[start_index, end_index)`` only: onnxruntime's strided calibration
         (``CalibStridedMinMax``) collects a few batches at a time to bound its memory."""
-        self._next, self._end = start_index * self.batch_size, end_index * self.batch_size
+        self._next, self._end = start_index * self.batch_size, min(end_index * self.batch_size, len(self.paths))
