@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -62,6 +61,7 @@ from tlx.data.datasets import LabelledImages  # noqa: E402
 from tlx.data.folders import Sample, files_digest, scan_class_folders, stratified_split  # noqa: E402
 from tlx.data.transforms import eval_transform  # noqa: E402
 from tlx.features import extract_features  # noqa: E402
+from tlx.metrics import wilson_half_width  # noqa: E402
 from tlx.transferability import get_metric  # noqa: E402
 from tlx.transferability.extract import ScoringNetwork  # noqa: E402
 from tlx.transferability.ranking import build_backbones, per_class_subset  # noqa: E402
@@ -300,11 +300,6 @@ def main() -> None:
                 out_path.write_text(json.dumps(report, indent=1))
     if not args.extract_only:
         print_report(report)
-
-
-def wilson_half_width(p: float, n: int, z: float = 1.96) -> float:
-    """Half the width of the 95% Wilson interval of an accuracy ``p`` measured on ``n`` images."""
-    return z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
 
 
 def print_report(report: dict) -> None:

@@ -87,8 +87,14 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
         return 0.0, 1.0
     p = correct / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    half = wilson_half_width(p, total, z)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def wilson_half_width(p: float, total: int, z: float = 1.96) -> float:
+    """Half the width of the Wilson interval of an accuracy ``p`` on ``total`` images (unclipped;
+    ``p`` may be a mean over runs, not a count)."""
+    return z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
 
 
 def per_class_rows(matrix: Tensor, class_names: list[str]) -> list[dict]:
