@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -65,9 +66,13 @@ def fit(args: list[str]) -> tuple[TLXCLI, float, float]:
     return cli, time.perf_counter() - start, cpu_seconds() - cpu
 
 
-def run_recipe(root: Path, out: Path, configs: list[str]) -> dict:
+def seed_args(seed: int | None) -> list[str]:
+    return [] if seed is None else [f"--seed_everything={seed}"]
+
+
+def run_recipe(root: Path, out: Path, configs: list[str], seed: int | None = None) -> dict:
     cli, wall, cpu = fit([*(a for c in configs for a in ("--config", c)), f"--data.init_args.root={root}",
-                     f"--trainer.default_root_dir={out}"])
+                     f"--trainer.default_root_dir={out}", *seed_args(seed)])
     ckpt = cli.trainer.checkpoint_callback
     n_val = len(cli.datamodule.samples("val"))
     best = float(ckpt.best_model_score)
@@ -96,11 +101,36 @@ def run_tutorial(mode: str, root: Path, epochs: int) -> dict:
             "wall_25_s": wall * TUTORIAL_EPOCHS / epochs, "cpu_s": cpu, "cpu_25_s": cpu * TUTORIAL_EPOCHS / epochs, "command": " ".join(command[1:])}
 
 
-def run_probe(root: Path, out: Path) -> dict:
+def run_probe(root: Path, out: Path, seed: int | None = None) -> dict:
     cli, wall, cpu = fit(["--config", str(REPO / "configs" / "hymenoptera_fast.yaml"), f"--data.init_args.root={root}",
-                     f"--trainer.default_root_dir={out}"])
+                     f"--trainer.default_root_dir={out}", *seed_args(seed)])
     return {"best": float(cli.trainer.checkpoint_callback.best_model_score), "wall_s": wall, "cpu_s": cpu,
-            "command": f"python -m tlx fit --config configs/hymenoptera_fast.yaml --data.init_args.root {root}"}
+            "command": f"python -m tlx fit --config configs/hymenoptera_fast.yaml --data.init_args.root {root}"
+                       + "".join(f" {a}" for a in seed_args(seed))}
+
+
+def run_seeds(name: str, root: Path, work: Path, configs: list[str], seeds: list[int]) -> tuple[dict, dict]:
+    """The recipe and tlx's linear probe with each seed (the seed of everything: splits stay the
+    suite's); the row holds the means and each seed's figures, and the probe the mean of its seeds,
+    so that both sides of "best >= probe - 0.5" are averaged over the same seeds."""
+    runs, probes = [], []
+    for seed in seeds:
+        runs.append(run_recipe(root, work / "runs" / f"{name}_seed{seed}", configs, seed))
+        probes.append(run_probe(root, work / "runs" / f"{name}_probe_seed{seed}", seed))
+        log.info("%s seed %d: recipe best %s (%s), linear probe %s", name, seed, pct(runs[-1]["best"]),
+                 runs[-1].get("result", "-"), pct(probes[-1]["best"]))
+    mean = lambda key, rs: statistics.mean(r[key] for r in rs)  # noqa: E731
+    row = {key: mean(key, runs) for key in ("best", "final", "wall_s", "cpu_s")}
+    n_val = runs[0]["n_val"]
+    row.update(n_val=n_val, ci95=wilson_interval(round(row["best"] * n_val), n_val), steps=runs[0]["steps"],
+               best_sd=statistics.stdev(r["best"] for r in runs) if len(runs) > 1 else 0.0,
+               result="/".join(r.get("result", "-") for r in runs), seeds=seeds,
+               per_seed=[{"seed": s, **{k: r[k] for k in ("best", "final", "cpu_s") if k in r},
+                          "result": r.get("result"), "recipe_probe": r.get("probe"), "linear_probe": p["best"]}
+                         for s, r, p in zip(seeds, runs, probes)])
+    probe = {"best": mean("best", probes), "seeds": seeds, "per_seed": [p["best"] for p in probes],
+             "cpu_s": mean("cpu_s", probes)}
+    return row, probe
 
 
 def pct(x: float | None) -> str:
@@ -111,8 +141,13 @@ def baseline_cell(run: dict | None) -> str:
     return "-" if not run else f"{pct(run['best'])} ({run['epochs']} ep)"
 
 
+def probe_of(r: dict, b: dict) -> dict | None:
+    """The linear probe to compare a row with: its own seeds' mean (``--seeds``), else the baseline's."""
+    return r.get("linear_probe_seeds") or b.get("linear_probe")
+
+
 def targets(name: str, r: dict, b: dict) -> str:
-    frozen, tuned, probe = b.get("tutorial_frozen"), b.get("tutorial_finetune"), b.get("linear_probe")
+    frozen, tuned, probe = b.get("tutorial_frozen"), b.get("tutorial_finetune"), probe_of(r, b)
     checks = []
     if frozen or tuned:
         checks.append(("tutorial", r["best"] >= max(t["best"] for t in (frozen, tuned) if t)))
@@ -133,8 +168,9 @@ def table(rows: dict[str, dict], baselines: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for name, r in rows.items():
         b = baselines.get(name, {})
-        tuned, probe = b.get("tutorial_finetune"), b.get("linear_probe")
-        cells = [name, str(r["n_val"]), f"{pct(r['best'])} ({pct(r['ci95'][0])}-{pct(r['ci95'][1])})", pct(r["final"]),
+        tuned, probe = b.get("tutorial_finetune"), probe_of(r, b)
+        seeds = f", mean of seeds {' '.join(map(str, r['seeds']))}, sd {pct(r['best_sd'])}" if "seeds" in r else ""
+        cells = [name, str(r["n_val"]), f"{pct(r['best'])} ({pct(r['ci95'][0])}-{pct(r['ci95'][1])}{seeds})", pct(r["final"]),
                  r.get("result", "-"), f"{r['wall_s']:.0f}", f"{r['cpu_s']:.0f}" if "cpu_s" in r else "-",
                  baseline_cell(b.get("tutorial_frozen")), baseline_cell(tuned),
                  f"{tuned['wall_25_s']:.0f}" if tuned else "-",
@@ -175,6 +211,9 @@ def main() -> None:
                         help="every dataset's linear probe before any tutorial loop")
     parser.add_argument("--tutorial-epochs", type=int, default=TUTORIAL_EPOCHS)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="run the recipe and the linear probe once per seed and compare their means "
+                             "(the probe baseline of the file is then not used)")
     parser.add_argument("--out", default=None, help="write the recipe's rows here (JSON)")
     parser.add_argument("--table", default=None, metavar="ROWS_JSON",
                         help="print the table of stored rows (an --out file) beside the baselines, run nothing")
@@ -205,7 +244,11 @@ def main() -> None:
                 continue
             if not kinds:
                 baselines = json.loads(path.read_text()) if path.is_file() else {}
-            rows[dataset.name] = run_recipe(roots[dataset.name], work / "runs" / dataset.name, args.config)
+            if args.seeds:
+                rows[dataset.name], probe = run_seeds(dataset.name, roots[dataset.name], work, args.config, args.seeds)
+                rows[dataset.name]["linear_probe_seeds"] = probe  # the table compares with it
+            else:
+                rows[dataset.name] = run_recipe(roots[dataset.name], work / "runs" / dataset.name, args.config)
             print(table({dataset.name: rows[dataset.name]}, baselines).splitlines()[-1], flush=True)
             if args.out:
                 Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
