@@ -40,3 +40,22 @@ def test_dann_trains_the_top_on_both_domains_cached_and_the_bottom_stays(tmp_pat
     assert model.input_kind == "images"
     on_images = tiny_trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]["val/acc"]
     assert on_images == float(trainer.callback_metrics["val/acc"])
+
+
+def test_on_disk_the_targets_indices_never_become_the_validation_labels_of_the_same_files(tmp_path):
+    # The target's items are (image, index) and val holds the same files with their labels: a disk
+    # cache keyed by the files alone handed val the indices (Office-31: "Target 31 is out of bounds").
+    source = make_domain(tmp_path / "source", 0, 6)
+    target = make_domain(tmp_path / "target", 60, 3, seed0=100)
+    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    labels = torch.tensor([y for _, y in dm.samples("val")])
+    assert not torch.equal(labels, torch.arange(len(labels)))  # else the test could not tell them apart
+    for status in ("computed", "disk"):  # the second run reads every split back from disk
+        seed_everything(0)
+        model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN())
+        cache = FeatureCache(cut=CUT, augmented_views=1, cache_dir=str(tmp_path / "cache"))
+        tiny_trainer(tmp_path, max_epochs=1, callbacks=[cache]).fit(model, dm)
+        assert cache.last_status == {"source": status, "target": status, "val": status}
+        by_shape = {tuple(f.shape[:2]): y for f, y in cache._memory.values()}
+        assert torch.equal(by_shape[(6, 2)], torch.arange(6))  # target: eval view + 1 view, indices
+        assert torch.equal(by_shape[(6, 32)], labels)  # val: the eval view, its labels

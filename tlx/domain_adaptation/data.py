@@ -114,11 +114,15 @@ class DomainAdaptationDataModule(ImageDataModule):
         if stage == "predict":
             self.predict_paths = [p for p, _ in self._target]
 
-    def _dataset(self, split: str, transform) -> LabelledImages:
+    def items(self, split: str) -> list[Sample]:
+        """The (path, label) pairs the datasets of ``split`` yield: ``target`` pairs each image with
+        its index, so that the target's labels cannot leak into training; a feature cache keyed by
+        them then never hands those indices to the validation of the same files."""
         samples = self.samples(split)
-        if split == "target":  # (image, index): the target's labels cannot leak into training
-            samples = [(p, i) for i, (p, _) in enumerate(samples)]
-        return LabelledImages(samples, transform, self.min_short_side)
+        return [(p, i) for i, (p, _) in enumerate(samples)] if split == "target" else samples
+
+    def _dataset(self, split: str, transform) -> LabelledImages:
+        return LabelledImages(self.items(split), transform, self.min_short_side)
 
     def train_dataset(self, split: str) -> LabelledImages:
         """``source`` (image, label) or ``target`` (image, index) items, augmented."""

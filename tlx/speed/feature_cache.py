@@ -167,8 +167,11 @@ class FeatureCache(Callback):
         backbone = self._network(pl_module)
         # What decides the images' pixels, known without building a dataset (with cache_images that
         # decodes every image), so that features on disk need no image at all.
+        # The items as the datasets yield them: a domain-adaptation target's are (image, index), and
+        # its files are also the val split's, whose labels must not be read from the target's cache.
+        items = dm.items(split) if hasattr(dm, "items") else dm.samples(split)
         data = {"preprocessing": dm.preprocessing.to_dict(), "fast_decode": hp.get("fast_decode"),
-                "files": files_digest(dm.samples(split)), "view": "eval"}
+                "files": files_digest(items), "view": "eval"}
         if self.split is not None:  # the bottom's weights alone do not say where it ends
             data.update(cut=self.cut, backbone=getattr(pl_module.backbone, "name", None))
         parts = [(lambda: dm.eval_dataset(split), 1, data)]
