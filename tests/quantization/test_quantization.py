@@ -56,7 +56,7 @@ def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precisio
     assert calibration["per_class"] == {"0": 2, "1": 2, "2": 2}
     assert all(p.startswith(str(root / "train")) for p in calibration["paths"])
 
-    # the int8 file: QDQ with int8 per-channel Conv weights; normalisation, head and softmax float
+    # the int8 file: QDQ with int8 per-channel Conv weights; normalisation, head and softmax compute in float
     model = onnx.load(str(out / "best.int8.onnx"))
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
@@ -66,10 +66,18 @@ def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precisio
     assert {weights[n.input[0]].data_type for n in dequantized} == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
     assert any(len(weights[n.input[1]].dims) == 1 and weights[n.input[1]].dims[0] > 1 for n in dequantized)
     by_type = {n.op_type: n for n in model.graph.node}
-    assert by_type["Gemm"].input[1] in weights and weights[by_type["Gemm"].input[1]].data_type == onnx.TensorProto.FLOAT
+    # the head's weights are stored int8 (one scale per class) but dequantized to float before its Gemm,
+    # whose output is never rounded to 8 bits
+    head_dq = next(n for n in dequantized if n.output[0] == by_type["Gemm"].input[1])
+    assert weights[head_dq.input[0]].data_type == onnx.TensorProto.INT8 and list(weights[head_dq.input[1]].dims) == [3]
+    assert by_type["Gemm"].input[2] in weights and weights[by_type["Gemm"].input[2]].data_type == onnx.TensorProto.FLOAT
+    assert not [n for n in model.graph.node if by_type["Gemm"].output[0] in n.input and n.op_type == "QuantizeLinear"]
+    assert meta["quantization"]["int8"]["weight_only_int8"] == ["head.fc"]
     dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     assert not {*by_type["Sub"].input, *by_type["Softmax"].input} & dq_outputs
     assert "class_names" in {p.key for p in model.metadata_props}
+    # no initializer is left unread (onnxruntime warns about each one at every load)
+    assert set(weights) <= {name for n in model.graph.node for name in n.input}
 
     # alone, on images it never saw, it agrees with the checkpoint on top-1
     from tlx.data.transforms import eval_transform
@@ -259,3 +267,54 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
              "--calibration_images=3"])
     meta = json.loads((out / "best.json").read_text())
     assert set(meta["precisions"]) == {"fp32", "int8"} and meta["precisions"]["int8"]["top1_agreement"] >= 0.5
+
+
+@pytest.mark.parametrize("op", ["Gemm transB=1", "Gemm transB=0", "MatMul"])
+def test_weight_only_int8_stores_int8_per_output_channel_and_computes_in_float(op):
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from tlx.quantization.weight_only import quantize_float_weights
+
+    rng = np.random.default_rng(0)
+    # one output channel 1000x larger than another: a single scale for all would zero the small one
+    w = rng.normal(size=(6, 4)).astype(np.float32) * np.array([1, 1, 1, 1e-3], dtype=np.float32)  # (in, out)
+    bias = rng.normal(size=4).astype(np.float32)
+    trans_b = op == "Gemm transB=1"
+    stored = w.T.copy() if trans_b else w
+    if op == "MatMul":
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/head/MatMul")
+    else:
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="/head/Gemm", transB=int(trans_b))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 6])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 4])],
+                              [numpy_helper.from_array(stored, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert quantize_float_weights(model) == [node.name]
+    onnx.checker.check_model(model)
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert weights["w_int8"].dtype == np.int8 and weights["w_scale"].shape == (4,)
+    assert np.abs(weights["w_int8"]).max() == 127 and weights["b"].dtype == np.float32  # full range; bias float
+    x = rng.normal(size=(5, 6)).astype(np.float32)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = x @ w + (0 if op == "MatMul" else bias)
+    # only the weights' rounding: at most half a step of each output channel's own scale
+    step = np.abs(w).max(0) / 127
+    assert (np.abs(got - expected) <= np.abs(x).sum(1, keepdims=True) * step / 2 + 1e-5).all()
+    assert np.abs(got - expected)[:, 3].max() < 1e-4  # the small channel kept its own fine scale
+    assert quantize_float_weights(model) == []  # weights already int8 are left alone
+
+
+def test_head_weights_float_keeps_the_head_float32_and_bad_values_are_refused(tiny_ckpt, tmp_path):
+    _, ckpt = tiny_ckpt
+    out = tmp_path / "export"
+    run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={out}", "--format=onnx", "--quantize=int8",
+             "--calibration_images=3", "--head_weights=float"])
+    model = onnx.load(str(out / "best.int8.onnx"))
+    weights = {i.name: i for i in model.graph.initializer}
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert weights[gemm.input[1]].data_type == onnx.TensorProto.FLOAT
+    assert "weight_only_int8" not in json.loads((out / "best.json").read_text())["quantization"]["int8"]
+    with pytest.raises(TLXError, match="unknown --head_weights 'int4'; choose from int8, float"):
+        run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path}", "--quantize=int8", "--head_weights=int4"])
