@@ -229,10 +229,15 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
     from tlx.quantization import QuantizationAwareTraining
 
     root = make_imagefolder(tmp_path / "data", classes=CLASSES, n_train=6, n_val=3)
-    seen, weights = [], {}
+    seen, validated, weights = [], [], {}
 
     def first_conv(module):
         return next(m for m in module.backbone.modules() if isinstance(m, nn.Conv2d))
+
+    def on_int8_grid(conv):
+        w = conv.weight.detach()
+        steps = w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127)  # on the int8 grid: whole numbers
+        return bool(torch.allclose(steps, steps.round(), atol=1e-3))
 
     class Probe(Callback):
         def on_train_epoch_start(self, trainer, pl_module):
@@ -240,14 +245,16 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
 
         def on_train_batch_end(self, trainer, pl_module, *args):
             conv = first_conv(pl_module)
-            w = conv.weight.detach()
-            steps = w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127)  # on the int8 grid: whole numbers
-            seen.append((trainer.current_epoch, parametrize.is_parametrized(conv),
-                         bool(torch.allclose(steps, steps.round(), atol=1e-3)), len(conv._forward_pre_hooks)))
+            seen.append((trainer.current_epoch, parametrize.is_parametrized(conv), on_int8_grid(conv),
+                         len(conv._forward_pre_hooks)))
+
+        def on_validation_batch_end(self, trainer, pl_module, *args):
+            if not trainer.sanity_checking:
+                validated.append((trainer.current_epoch, on_int8_grid(first_conv(pl_module))))
 
     model = ImageClassifier(**TINY_MODEL)
     data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, preprocessing=TINY_MODEL["preprocessing"])
-    trainer = tiny_trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[
+    trainer = tiny_trainer(tmp_path, max_epochs=2, enable_checkpointing=True, limit_val_batches=1, callbacks=[
         QuantizationAwareTraining(last_epochs=1), Probe(),
         ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor=None)])
     trainer.fit(model, data)
@@ -255,6 +262,9 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
     # float in epoch 0; int8 weights and a hooked input in epoch 1, where the weights still move
     assert {s for s in seen if s[0] == 0} == {(0, False, False, 0)}
     assert {s for s in seen if s[0] == 1} == {(1, True, True, 1)}
+    # validation measures the float model in every epoch (the best checkpoint compares epochs alike),
+    # and the next training step is simulated int8 again
+    assert validated == [(0, False), (1, False)]
     assert not torch.equal(weights[1], first_conv(model).weight)
     # after fit: a plain model again, and so is the checkpoint (it loads strictly into a fresh one)
     assert not parametrize.is_parametrized(first_conv(model)) and not first_conv(model)._forward_pre_hooks
@@ -318,3 +328,28 @@ def test_head_weights_float_keeps_the_head_float32_and_bad_values_are_refused(ti
     assert "weight_only_int8" not in json.loads((out / "best.json").read_text())["quantization"]["int8"]
     with pytest.raises(TLXError, match="unknown --head_weights 'int4'; choose from int8, float"):
         run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path}", "--quantize=int8", "--head_weights=int4"])
+
+
+def test_quantization_aware_training_can_validate_the_simulated_int8_model(tmp_path):
+    from lightning.pytorch import Callback
+
+    from tests.helpers import TINY_MODEL
+    from tests.helpers import tiny_trainer
+    from tlx.data import ImageFolderDataModule
+    from tlx.quantization import QuantizationAwareTraining
+
+    root = make_imagefolder(tmp_path / "data", classes=CLASSES, n_train=4, n_val=2)
+    validated = []
+
+    class Probe(Callback):
+        def on_validation_batch_end(self, trainer, pl_module, *args):
+            conv = next(m for m in pl_module.backbone.modules() if isinstance(m, nn.Conv2d))
+            w = conv.weight.detach()
+            steps = w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127)
+            validated.append(bool(torch.allclose(steps, steps.round(), atol=1e-3)))
+
+    model = ImageClassifier(**TINY_MODEL)
+    data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, preprocessing=TINY_MODEL["preprocessing"])
+    tiny_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0, callbacks=[
+        QuantizationAwareTraining(last_epochs=1, validate_quantized=True), Probe()]).fit(model, data)
+    assert validated and all(validated)  # validation saw the int8-rounded weights
