@@ -155,17 +155,19 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, mode: str, calib
         if head_weights == "int8":
             outside = {n.name: n for n in quantized.graph.node if not n.name.startswith(QUANTIZED_SCOPE)}
             info["weight_only_int8"] = [layer_name(outside[name]) for name in quantize_float_weights(quantized, set(outside))]
-        drop_unused_initializers(quantized)
+        drop_unused_constants(quantized)
     _save_with_metadata(quantized, fp32, out_path)
     return info
 
 
-def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove initializers no node reads (the ReLU6 bounds of Clips the quantizer folded into
-    activation ranges): onnxruntime warns about each one every time the file is loaded."""
+def drop_unused_constants(model: onnx.ModelProto) -> None:
+    """Remove initializers and Constant nodes that nothing reads (the ReLU6 bounds of the Clips the
+    quantizer folded into activation ranges): onnxruntime warns about each one at every load."""
     used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     for init in [i for i in model.graph.initializer if i.name not in used]:
         model.graph.initializer.remove(init)
+    for node in [n for n in model.graph.node if n.op_type == "Constant" and not set(n.output) & used]:
+        model.graph.node.remove(node)
 
 
 def _save_with_metadata(model: onnx.ModelProto, source: onnx.ModelProto, path: str | Path) -> None:
