@@ -161,7 +161,8 @@ def export_checkpoint(
     """Write ``<stem>.torchscript.pt`` / ``<stem>.onnx`` and ``<stem>.json`` (class names,
     preprocessing, verification); return that JSON's content. ``quantize`` (``int8``, ``dynamic``,
     ``fp16``, comma-separated) adds ``<stem>.<mode>.onnx`` files and every precision's figures
-    (see :mod:`tlx.quantization`)."""
+    (see :mod:`tlx.quantization`); ``head_weights`` (``int8``/``float``) how the int8 file stores
+    the float-computed head's weights."""
     wanted = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown or not wanted:
