@@ -9,6 +9,10 @@ Office-31 amazon has no split: a seeded, stratified 80/20 one (split_seed 42). T
 calibrates on 300 seeded class-balanced training images and measures every precision on the whole
 validation split; its ``best.json`` holds the figures below. Timings are medians, with
 ``--threads`` onnxruntime threads; on a shared machine read them as such.
+
+``--qat`` trains each checkpoint again with quantization-aware fine-tuning in the same run
+(``--config configs/quantization/qat.yaml``: the last 2 epochs under simulated int8), into
+``<data>_<backbone>_qat/``, and adds its row under the plain one (``--only_qat``: that row alone).
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ def tlx(args: list[str], env: dict[str, str], log: Path) -> None:
         raise SystemExit(f"python -m tlx {args[0]} failed (exit {done.returncode}); see {log}")
 
 
-def run(data: str, backbone: str, args, env: dict[str, str]) -> dict:
-    out = Path(args.out) / f"{data}_{backbone}"
+def run(data: str, backbone: str, args, env: dict[str, str], qat: bool = False) -> dict:
+    out = Path(args.out) / f"{data}_{backbone}{'_qat' if qat else ''}"
     ckpt = out / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt"
     name, weights = BACKBONES[backbone]
     common = [f"--data.init_args.root={DATASETS[data]}", "--data.init_args.num_workers=1",
@@ -46,14 +50,15 @@ def run(data: str, backbone: str, args, env: dict[str, str]) -> dict:
     if not ckpt.is_file():
         out.mkdir(parents=True, exist_ok=True)
         # the default recipe (LP-FT, tlx/recipes/default.yaml), as a user's `python -m tlx fit --data.root DIR`
-        tlx(["fit", "--seed_everything=42", f"--model.init_args.backbone={name}", f"--model.init_args.weights={weights}",
+        qat_config = ["--config", str(REPO / "configs" / "quantization" / "qat.yaml")] if qat else []
+        tlx(["fit", *qat_config, "--seed_everything=42", f"--model.init_args.backbone={name}", f"--model.init_args.weights={weights}",
              f"--trainer.default_root_dir={out}", "--data.init_args.val_split=0.2", "--data.init_args.split_seed=42",
              *common], env, out / "log.txt")
     fit_s = time.time() - start
     tlx(["export", f"--ckpt_path={ckpt}", "--format=onnx", "--quantize=int8", f"--threads={args.threads}",
          f"--calibration_images={args.calibration_images}", *common], env, out / "log.txt")
     meta = json.loads((ckpt.parent.parent / "export" / "best.json").read_text())
-    return {"data": data, "backbone": backbone, "fit_s": fit_s, **meta}
+    return {"data": data, "backbone": backbone + (" + QAT" if qat else ""), "fit_s": fit_s, **meta}
 
 
 def row(r: dict) -> str:
@@ -73,6 +78,8 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     parser.add_argument("--calibration_images", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    parser.add_argument("--qat", action="store_true", help="also a row per checkpoint trained with QAT in the run")
+    parser.add_argument("--only_qat", action="store_true", help="the QAT rows only")
     parser.add_argument("--out", default=str(REPO / "runs" / "quantization_report"),
                         help="runs go here; an existing checkpoint is exported again, not retrained")
     args = parser.parse_args()
@@ -82,11 +89,13 @@ def main() -> None:
     print("| data | backbone | val images | fp32 acc | int8 acc | diff (points) | top-1 agreement | max abs dp "
           "| batch-1 ms | batch-32 img/s | size MB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---|---|")
+    variants = [True] if args.only_qat else [False, True] if args.qat else [False]
     results = []
     for data in args.data:
         for backbone in args.backbones:
-            results.append(run(data, backbone, args, env))
-            print(row(results[-1]), flush=True)
+            for qat in variants:
+                results.append(run(data, backbone, args, env, qat))
+                print(row(results[-1]), flush=True)
     (Path(args.out) / "report.json").write_text(json.dumps(results, indent=2))
 
 

@@ -3,12 +3,18 @@ against the fp32 ONNX file on the validation images of an exported checkpoint.
 
     python scripts/quantization_sensitivity.py RUN_DIR [RUN_DIR ...] --methods minmax percentile entropy
     python scripts/quantization_sensitivity.py RUN_DIR --layers        # all-but-one-layer sweep
+    python scripts/quantization_sensitivity.py RUN_DIR --label_free 10  # keep 1..10 layers float, label-free
 
 ``RUN_DIR`` holds ``checkpoints/best.ckpt`` and ``export/best.onnx`` + ``best.json`` from
 ``python -m tlx export --quantize int8`` (its calibration images are reused). Every variant
 reports accuracy, top-1 agreement with fp32, mean and max |dp|, and how many of the flipped images
 had an fp32 top-2 margin below 0.1 (near ties, which any perturbation flips). Preprocessed images
 and calibration ranges are cached under ``RUN_DIR/sensitivity/``.
+
+``--label_free K`` tries accuracy-aware PTQ without labels: each convolution's sensitivity is the
+mean |dp| against fp32 on the *calibration* images with it alone kept float; then the 1..K most
+sensitive are kept float, each set reported with its agreement on the calibration images (what
+an export could check) and its validation figures (what it would gain).
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ def main() -> None:
     parser.add_argument("--exclude", default="", help="node sets kept float, ';' between sets, ',' between "
                         "substrings of node names, e.g. 'GlobalAveragePool;features.0/,GlobalAveragePool'")
     parser.add_argument("--layers", action="store_true", help="also quantize all but one weight layer, each in turn")
+    parser.add_argument("--label_free", type=int, default=0, metavar="K",
+                        help="rank layers on the calibration images, keep the top 1..K float")
     parser.add_argument("--all_train", action="store_true", help="calibrate on every training image")
     parser.add_argument("--calibration_seed", type=int, default=None,
                         help="a new seeded balanced draw (as many images as the export's) instead of the export's own")
@@ -135,6 +143,37 @@ def main() -> None:
             print("  most sensitive (largest drop of mean |dp| when kept float):")
             for row, name in sorted(rows, key=lambda r: r[0]["mean_abs_dp"])[:8]:
                 print(f"    {name}: mean|dp| {row['mean_abs_dp']:.4f} agreement {row['agreement']:.4f}")
+        if args.label_free:
+            label_free(fp32_path, work, x_cal, x_val, fp32, labels, input_name, args, suffix)
+
+
+def label_free(fp32_path: Path, work: Path, x_cal, x_val, fp32, labels, input_name: str, args, suffix: str) -> None:
+    method = args.methods[0]
+    fp32_cal = predict(fp32_path, x_cal, args.threads)
+
+    def quantize(exclude: list[str]) -> Path:
+        out = work / "label_free.onnx"
+        quantize_model(fp32_path, out, "int8", ArrayReader(x_cal, input_name), calibration_method=method,
+                       exclude=exclude, calibration_cache=work / f"ranges_{method}{suffix}.json")
+        return out
+
+    def on_calibration(out: Path) -> str:
+        row = figures(predict(out, x_cal, args.threads), fp32_cal, fp32_cal.argmax(1))
+        return f"calibration agreement {row['agreement']:.4f} mean|dp| {row['mean_abs_dp']:.4f}"
+
+    print(f"  int8, {method}: {on_calibration(quantize([]))}")
+    convs = [n for n in quantizable_nodes(onnx.load(str(fp32_path))) if n.endswith("/Conv")]
+    sensitivity = {}
+    for name in convs:
+        probs = predict(quantize([name]), x_cal, args.threads)
+        sensitivity[name] = figures(probs, fp32_cal, fp32_cal.argmax(1))["mean_abs_dp"]
+    ranked = sorted(convs, key=sensitivity.get)
+    for k in range(1, args.label_free + 1):
+        out = quantize(ranked[:k])
+        row = figures(predict(out, x_val, args.threads), fp32, labels)
+        print(f"  {k} most sensitive float (last {layer_name(onnx.NodeProto(name=ranked[k - 1]))}): {on_calibration(out)} | "
+              f"val accuracy {row['accuracy']:.4f} agreement {row['agreement']:.4f} | size "
+              f"{out.stat().st_size / fp32_path.stat().st_size:.3f}x", flush=True)
 
 
 if __name__ == "__main__":

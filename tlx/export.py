@@ -156,22 +156,25 @@ def export_checkpoint(
     calibration_seed: int = 0,
     calibration_method: str = "entropy",
     threads: int = 1,
+    head_weights: str = "int8",
 ) -> dict[str, Any]:
     """Write ``<stem>.torchscript.pt`` / ``<stem>.onnx`` and ``<stem>.json`` (class names,
     preprocessing, verification); return that JSON's content. ``quantize`` (``int8``, ``dynamic``,
     ``fp16``, comma-separated) adds ``<stem>.<mode>.onnx`` files and every precision's figures
-    (see :mod:`tlx.quantization`)."""
+    (see :mod:`tlx.quantization`); ``head_weights`` (``int8``/``float``) how the int8 file stores
+    the float-computed head's weights."""
     wanted = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown or not wanted:
         raise ExportError(f"unknown export format {unknown or formats!r}; choose from {', '.join(FORMATS)}.")
     if quantize:
         require("onnxruntime", "export", "Quantized export (--quantize)")
-        from tlx.quantization.onnx_quantize import check_calibration_method
+        from tlx.quantization.onnx_quantize import check_calibration_method, check_head_weights
         from tlx.quantization.pipeline import parse_modes
 
         modes = parse_modes(quantize)
         check_calibration_method(calibration_method)
+        check_head_weights(head_weights)
         wanted += [] if "onnx" in wanted else ["onnx"]  # the quantized files are made from the fp32 ONNX
     _load_weights(model, ckpt_path)
     if getattr(model, "task", None) == "multilabel":  # the exported graph ends in a softmax
@@ -267,7 +270,7 @@ def export_checkpoint(
 
         quantized = export_quantized(wrapper, model, Path(info["files"]["onnx"]), modes, datamodule, paths, to_unit,
                                      len(info["class_names"]), calibration_images, calibration_seed, threads,
-                                     calibration_method)
+                                     calibration_method, head_weights)
         info["files"].update(quantized.pop("files"))
         info.update(quantized)
         with open(sidecar, "w") as f:

@@ -51,6 +51,7 @@ class TLXTrainer(Trainer):
         calibration_seed: int = 0,
         calibration_method: str = "entropy",
         threads: int = 1,
+        head_weights: str = "int8",
     ) -> dict:
         """Export a checkpoint to TorchScript and/or ONNX, with its class names and preprocessing.
 
@@ -73,13 +74,16 @@ class TLXTrainer(Trainer):
                 ``entropy`` (the range whose 8-bit histogram loses least information), ``minmax``
                 (the full observed range), ``percentile`` (99.999th percentile of |x|).
             threads: onnxruntime threads for the timings.
+            head_weights: the int8 file's head (computed in float either way): ``int8`` stores its
+                weights in int8 per output channel (weight-only, a quarter of the bytes), ``float``
+                keeps them float32.
         """
         from tlx.export import export_checkpoint
 
         return export_checkpoint(model, ckpt_path, format, output_dir, verify_images, num_verify, tolerance,
                                  datamodule=datamodule, quantize=quantize, calibration_images=calibration_images,
                                  calibration_seed=calibration_seed, calibration_method=calibration_method,
-                                 threads=threads)
+                                 threads=threads, head_weights=head_weights)
 
     def rank(
         self,

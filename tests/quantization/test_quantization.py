@@ -56,7 +56,7 @@ def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precisio
     assert calibration["per_class"] == {"0": 2, "1": 2, "2": 2}
     assert all(p.startswith(str(root / "train")) for p in calibration["paths"])
 
-    # the int8 file: QDQ with int8 per-channel Conv weights; normalisation, head and softmax float
+    # the int8 file: QDQ with int8 per-channel Conv weights; normalisation, head and softmax compute in float
     model = onnx.load(str(out / "best.int8.onnx"))
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
@@ -66,10 +66,19 @@ def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precisio
     assert {weights[n.input[0]].data_type for n in dequantized} == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
     assert any(len(weights[n.input[1]].dims) == 1 and weights[n.input[1]].dims[0] > 1 for n in dequantized)
     by_type = {n.op_type: n for n in model.graph.node}
-    assert by_type["Gemm"].input[1] in weights and weights[by_type["Gemm"].input[1]].data_type == onnx.TensorProto.FLOAT
+    # the head's weights are stored int8 (one scale per class) but dequantized to float before its Gemm,
+    # whose output is never rounded to 8 bits
+    head_dq = next(n for n in dequantized if n.output[0] == by_type["Gemm"].input[1])
+    assert weights[head_dq.input[0]].data_type == onnx.TensorProto.INT8 and list(weights[head_dq.input[1]].dims) == [3]
+    assert by_type["Gemm"].input[2] in weights and weights[by_type["Gemm"].input[2]].data_type == onnx.TensorProto.FLOAT
+    assert not [n for n in model.graph.node if by_type["Gemm"].output[0] in n.input and n.op_type == "QuantizeLinear"]
+    assert meta["quantization"]["int8"]["weight_only_int8"] == ["head.fc"]
     dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     assert not {*by_type["Sub"].input, *by_type["Softmax"].input} & dq_outputs
     assert "class_names" in {p.key for p in model.metadata_props}
+    # no constant is left unread (onnxruntime warns about each one at every load)
+    read = {name for n in model.graph.node for name in n.input}
+    assert set(weights) <= read and all(set(n.output) <= read for n in model.graph.node if n.op_type == "Constant")
 
     # alone, on images it never saw, it agrees with the checkpoint on top-1
     from tlx.data.transforms import eval_transform
@@ -221,10 +230,15 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
     from tlx.quantization import QuantizationAwareTraining
 
     root = make_imagefolder(tmp_path / "data", classes=CLASSES, n_train=6, n_val=3)
-    seen, weights = [], {}
+    seen, validated, weights = [], [], {}
 
     def first_conv(module):
         return next(m for m in module.backbone.modules() if isinstance(m, nn.Conv2d))
+
+    def on_int8_grid(conv):
+        w = conv.weight.detach()
+        steps = w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127)  # on the int8 grid: whole numbers
+        return bool(torch.allclose(steps, steps.round(), atol=1e-3))
 
     class Probe(Callback):
         def on_train_epoch_start(self, trainer, pl_module):
@@ -232,14 +246,16 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
 
         def on_train_batch_end(self, trainer, pl_module, *args):
             conv = first_conv(pl_module)
-            w = conv.weight.detach()
-            steps = w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127)  # on the int8 grid: whole numbers
-            seen.append((trainer.current_epoch, parametrize.is_parametrized(conv),
-                         bool(torch.allclose(steps, steps.round(), atol=1e-3)), len(conv._forward_pre_hooks)))
+            seen.append((trainer.current_epoch, parametrize.is_parametrized(conv), on_int8_grid(conv),
+                         len(conv._forward_pre_hooks)))
+
+        def on_validation_batch_end(self, trainer, pl_module, *args):
+            if not trainer.sanity_checking:
+                validated.append((trainer.current_epoch, on_int8_grid(first_conv(pl_module))))
 
     model = ImageClassifier(**TINY_MODEL)
     data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, preprocessing=TINY_MODEL["preprocessing"])
-    trainer = tiny_trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[
+    trainer = tiny_trainer(tmp_path, max_epochs=2, enable_checkpointing=True, limit_val_batches=1, callbacks=[
         QuantizationAwareTraining(last_epochs=1), Probe(),
         ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor=None)])
     trainer.fit(model, data)
@@ -247,6 +263,9 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
     # float in epoch 0; int8 weights and a hooked input in epoch 1, where the weights still move
     assert {s for s in seen if s[0] == 0} == {(0, False, False, 0)}
     assert {s for s in seen if s[0] == 1} == {(1, True, True, 1)}
+    # validation measures the float model in every epoch (the best checkpoint compares epochs alike),
+    # and the next training step is simulated int8 again
+    assert validated == [(0, False), (1, False)]
     assert not torch.equal(weights[1], first_conv(model).weight)
     # after fit: a plain model again, and so is the checkpoint (it loads strictly into a fresh one)
     assert not parametrize.is_parametrized(first_conv(model)) and not first_conv(model)._forward_pre_hooks
@@ -259,3 +278,79 @@ def test_quantization_aware_training_trains_under_int8_and_its_checkpoint_export
              "--calibration_images=3"])
     meta = json.loads((out / "best.json").read_text())
     assert set(meta["precisions"]) == {"fp32", "int8"} and meta["precisions"]["int8"]["top1_agreement"] >= 0.5
+
+
+@pytest.mark.parametrize("op", ["Gemm transB=1", "Gemm transB=0", "MatMul"])
+def test_weight_only_int8_stores_int8_per_output_channel_and_computes_in_float(op):
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from tlx.quantization.weight_only import quantize_float_weights
+
+    rng = np.random.default_rng(0)
+    # one output channel 1000x larger than another: a single scale for all would zero the small one
+    w = rng.normal(size=(6, 4)).astype(np.float32) * np.array([1, 1, 1, 1e-3], dtype=np.float32)  # (in, out)
+    bias = rng.normal(size=4).astype(np.float32)
+    trans_b = op == "Gemm transB=1"
+    stored = w.T.copy() if trans_b else w
+    if op == "MatMul":
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/head/MatMul")
+    else:
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="/head/Gemm", transB=int(trans_b))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 6])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 4])],
+                              [numpy_helper.from_array(stored, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert quantize_float_weights(model) == [node.name]
+    onnx.checker.check_model(model)
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert weights["w_int8"].dtype == np.int8 and weights["w_scale"].shape == (4,)
+    assert np.abs(weights["w_int8"]).max() == 127 and weights["b"].dtype == np.float32  # full range; bias float
+    x = rng.normal(size=(5, 6)).astype(np.float32)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = x @ w + (0 if op == "MatMul" else bias)
+    # only the weights' rounding: at most half a step of each output channel's own scale
+    step = np.abs(w).max(0) / 127
+    assert (np.abs(got - expected) <= np.abs(x).sum(1, keepdims=True) * step / 2 + 1e-5).all()
+    assert np.abs(got - expected)[:, 3].max() < 1e-4  # the small channel kept its own fine scale
+    assert quantize_float_weights(model) == []  # weights already int8 are left alone
+
+
+def test_head_weights_float_keeps_the_head_float32_and_bad_values_are_refused(tiny_ckpt, tmp_path):
+    _, ckpt = tiny_ckpt
+    out = tmp_path / "export"
+    run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={out}", "--format=onnx", "--quantize=int8",
+             "--calibration_images=3", "--head_weights=float"])
+    model = onnx.load(str(out / "best.int8.onnx"))
+    weights = {i.name: i for i in model.graph.initializer}
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert weights[gemm.input[1]].data_type == onnx.TensorProto.FLOAT
+    assert "weight_only_int8" not in json.loads((out / "best.json").read_text())["quantization"]["int8"]
+    with pytest.raises(TLXError, match="unknown --head_weights 'int4'; choose from int8, float"):
+        run_cli(["export", f"--ckpt_path={ckpt}", f"--output_dir={tmp_path}", "--quantize=int8", "--head_weights=int4"])
+
+
+def test_quantization_aware_training_can_validate_the_simulated_int8_model(tmp_path):
+    from lightning.pytorch import Callback
+
+    from tests.helpers import TINY_MODEL
+    from tests.helpers import tiny_trainer
+    from tlx.data import ImageFolderDataModule
+    from tlx.quantization import QuantizationAwareTraining
+
+    root = make_imagefolder(tmp_path / "data", classes=CLASSES, n_train=4, n_val=2)
+    validated = []
+
+    class Probe(Callback):
+        def on_validation_batch_end(self, trainer, pl_module, *args):
+            conv = next(m for m in pl_module.backbone.modules() if isinstance(m, nn.Conv2d))
+            w = conv.weight.detach()
+            steps = w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127)
+            validated.append(bool(torch.allclose(steps, steps.round(), atol=1e-3)))
+
+    model = ImageClassifier(**TINY_MODEL)
+    data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, preprocessing=TINY_MODEL["preprocessing"])
+    tiny_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0, callbacks=[
+        QuantizationAwareTraining(last_epochs=1, validate_quantized=True), Probe()]).fit(model, data)
+    assert validated and all(validated)  # validation saw the int8-rounded weights

@@ -26,9 +26,16 @@ PARAMETRIZED = ".parametrizations.weight.original"
 
 
 class Int8PerChannelWeight(nn.Module):
-    """Weight -> its int8 symmetric per-output-channel rounding (a parametrization)."""
+    """Weight -> its int8 symmetric per-output-channel rounding (a parametrization); the weight
+    itself while ``enabled`` is False."""
+
+    def __init__(self):
+        super().__init__()
+        self.enabled = True
 
     def forward(self, weight: Tensor) -> Tensor:
+        if not self.enabled:
+            return weight
         scale = (weight.detach().abs().amax(dim=tuple(range(1, weight.ndim))) / 127).clamp_min(1e-12)
         zero = torch.zeros(len(scale), dtype=torch.int32, device=weight.device)
         return torch.fake_quantize_per_channel_affine(weight, scale.float(), zero, 0, -127, 127)
@@ -41,6 +48,7 @@ class Uint8Activation(nn.Module):
     def __init__(self, averaging: float = 0.01):
         super().__init__()
         self.averaging = averaging
+        self.enabled = True
         self.register_buffer("low", torch.tensor(float("nan")))
         self.register_buffer("high", torch.tensor(float("nan")))
 
@@ -52,7 +60,7 @@ class Uint8Activation(nn.Module):
                 first = torch.isnan(self.low)
                 self.low.copy_(torch.where(first, low, self.low + self.averaging * (low - self.low)))
                 self.high.copy_(torch.where(first, high, self.high + self.averaging * (high - self.high)))
-        if torch.isnan(self.low):  # never trained on yet: nothing to round to
+        if not self.enabled or torch.isnan(self.low):  # switched off, or never trained on: nothing to round to
             return inputs
         scale = ((self.high - self.low) / 255).clamp_min(1e-8).float()
         zero = torch.round(-self.low / scale).clamp(0, 255).int()
@@ -68,16 +76,23 @@ class QuantizationAwareTraining(Callback):
     checkpoints hold plain float weights (the ones the rounding was learnt around), so they load,
     resume and export like any other. Combine with any fine-tuning strategy.
 
+    Validation measures the float model by default, as in the epochs before: the best checkpoint
+    and LinearProbeFinetune's fall-back to the probe compare epochs and the probe, so all must be
+    measured alike (simulated-int8 accuracy against the probe's float accuracy threw a fine-tuned
+    model away that was better in both, on Office-31 amazon MobileNetV2).
+
     Args:
         last_epochs: how many final epochs train under simulated int8 (``trainer.max_epochs`` must be set).
         averaging: moving-average factor of the activation ranges.
+        validate_quantized: validate the simulated int8 model in those epochs instead (to watch it;
+            the best checkpoint is then picked across float and simulated-int8 figures).
     """
 
-    def __init__(self, last_epochs: int = 1, averaging: float = 0.01):
+    def __init__(self, last_epochs: int = 1, averaging: float = 0.01, validate_quantized: bool = False):
         super().__init__()
         if last_epochs < 1:
             raise TLXError(f"QuantizationAwareTraining last_epochs={last_epochs}: give 1 or more.")
-        self.last_epochs, self.averaging = last_epochs, averaging
+        self.last_epochs, self.averaging, self.validate_quantized = last_epochs, averaging, validate_quantized
         self._layers: list[nn.Module] = []
         self._hooks: list = []
         self.activations = nn.ModuleDict()
@@ -104,6 +119,17 @@ class QuantizationAwareTraining(Callback):
                 self._layers.append(module)
         log.info("QuantizationAwareTraining: %d layers train under simulated int8 from epoch %d.",
                  len(self._layers), pl_module.current_epoch)
+
+    def _simulate(self, enabled: bool) -> None:
+        for module in [*self.activations.values(), *(m.parametrizations.weight[0] for m in self._layers)]:
+            module.enabled = enabled
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.validate_quantized:
+            self._simulate(False)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._simulate(True)
 
     def _detach(self) -> None:
         for hook in self._hooks:
