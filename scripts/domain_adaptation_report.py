@@ -13,6 +13,11 @@ Two budgets:
   target batch each step), through Lightning. A logistic-regression probe on the same source
   features (L2 as scikit-learn's default, C=1) is printed beside the methods as a reference
   floor: source-only should not be below it.
+* ``--mode top_stages``: the real pipeline on the partial cache, ``python -m tlx fit`` with
+  configs/domain_adaptation/{office31,objectives/<method>}.yaml + configs/speed/top_stages.yaml:
+  the backbone's bottom up to ``blocks.4`` is frozen and its activations cached once (4 random
+  views per source and target image, ``--cache``/top_stages, shared by every method and seed), and
+  the top stages, bottleneck, head and objective train for ``--epochs`` epochs (cosine over them).
 * ``--mode finetune``: the real pipeline, ``python -m tlx fit`` with
   configs/domain_adaptation/{office31,objectives/<method>}.yaml and ``--trainer.max_steps``;
   the whole network trains.
@@ -28,6 +33,7 @@ labels serve only to print accuracy; nothing is chosen by them.
 
     nice -n 10 python scripts/domain_adaptation_report.py --tasks a2w w2a --seeds 0 1 2
     python scripts/domain_adaptation_report.py --data-root /data/office31   # all six tasks with dslr
+    python scripts/domain_adaptation_report.py --mode top_stages --tasks a2w w2a --epochs 12  # CPU, top stages
     python scripts/domain_adaptation_report.py --mode finetune --tasks a2w w2a --steps 2000  # GPU
 """
 
@@ -45,6 +51,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
@@ -208,27 +215,45 @@ def run_features(task: tuple[str, str], method: str, seed: int, args) -> dict[st
     return outcome(validations.rows)
 
 
-# ---- finetune mode ---------------------------------------------------------------------------
+# ---- finetune / top_stages modes -------------------------------------------------------------
+def top_stages_fragment(cache_dir: Path, runs: Path) -> Path:
+    """configs/speed/top_stages.yaml with its cache on disk, so every method and seed of a task
+    reads the activations the first run computed (the cache is keyed by content)."""
+    fragment = yaml.safe_load((REPO / "configs" / "speed" / "top_stages.yaml").read_text())
+    for callback in fragment["trainer"]["callbacks+"]:
+        callback["init_args"]["cache_dir"] = str(cache_dir.resolve())
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / "top_stages_cached.yaml"
+    path.write_text(yaml.safe_dump(fragment))
+    return path
+
+
 def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[str, float]:
     from tlx.cli import TLXCLI
 
-    # the base experiment and the objective, two fragments stacked; the task as the two roots
+    # the base experiment and the objective, two fragments stacked (+ the partial cache); the task as the two roots
     configs = [OBJECTIVES.parent / "office31.yaml", METHODS[method]]
+    budget = [f"--trainer.max_steps={args.steps}"]
+    if args.mode == "top_stages":
+        configs.append(top_stages_fragment(args.cache / "top_stages", args.runs))
+        budget = [f"--trainer.max_epochs={args.epochs}", f"--model.init_args.lr_scheduler.init_args.T_max={args.epochs}"]
     source, target = (args.data_root / d for d in task)
+    t0 = time.time()
     cli = TLXCLI(args=[
         *(a for config in configs for a in ("--config", str(config))),
         f"--data.init_args.source_root={source}", f"--data.init_args.target_root={target}",
-        f"--seed_everything={seed}", f"--trainer.max_steps={args.steps}",
-        f"--trainer.default_root_dir={args.runs}/{task[0]}2{task[1]}_{method}_{seed}",
+        f"--seed_everything={seed}", *budget,
+        f"--trainer.default_root_dir={args.runs}/{args.mode}/{task[0]}2{task[1]}_{method}_{seed}",
         "--trainer.enable_progress_bar=false", *(["--trainer.precision=bf16-mixed"] if args.bf16 else []),
         # best.ckpt: the validation with the highest val/snd (office31.yaml itself keeps the last)
         "--checkpoint.monitor=val/snd", "--checkpoint.mode=max",
     ], run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
+    wall = time.time() - t0
     final = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]["val/acc"]
     best = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]["val/acc"]
     step = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)["global_step"]
-    return {"final": final, "selected": best, "selected_step": step}
+    return {"final": final, "selected": best, "selected_step": step, "wall_s": wall, "steps": cli.trainer.global_step}
 
 
 # ---- the tables ------------------------------------------------------------------------------
@@ -253,13 +278,14 @@ def print_table(title: str, key: str, tasks: list[str], methods: list[str], resu
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["features", "finetune"], default="features")
+    p.add_argument("--mode", choices=["features", "top_stages", "finetune"], default="features")
     p.add_argument("--data-root", type=Path, default=OFFICE31, help="a folder of domains, each of class folders")
     p.add_argument("--tasks", nargs="+", help="e.g. a2w w2a (default: every pair of the domains present)")
     p.add_argument("--methods", nargs="+", choices=[PROBE, *METHODS], default=[PROBE, *METHODS],
                    help=f"objective fragments, and {PROBE} (features mode)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps per run")
+    p.add_argument("--epochs", type=int, default=12, help="top_stages mode: epochs (cosine over them)")
     p.add_argument("--val-every", type=int, default=100, help="steps between validations (features mode)")
     p.add_argument("--batch-size", type=int, default=32, help="per domain (features mode)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (features mode)")
@@ -278,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [t for t in tasks if t not in all_tasks]
     if unknown:
         p.error(f"--tasks {' '.join(unknown)}: the domains in {args.data_root} give {' '.join(all_tasks)}")
-    methods = [m for m in args.methods if not (m == PROBE and args.mode == "finetune")]
+    methods = [m for m in args.methods if not (m == PROBE and args.mode != "features")]
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -288,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "features":
         budget = (f"frozen {args.backbone} features ({args.image_size} px), {args.steps} steps, "
                   f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}")
+    elif args.mode == "top_stages":
+        budget = (f"top stages (above blocks.4) + bottleneck + head trained on the partial cache "
+                  f"(configs/domain_adaptation/office31 + objective + configs/speed/top_stages), {args.epochs} epochs")
     else:
         budget = f"full fine-tuning with configs/domain_adaptation/ (office31 + objective), {args.steps} steps"
     print(f"Target accuracy (%), {args.data_root}, {budget}, seeds {args.seeds}", flush=True)
@@ -299,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             results[task, method] = runs
             print(f"  {task} {method:<24} last {cell([100 * r['final'] for r in runs]):>11}  "
                   f"chosen by SND {cell([100 * r['selected'] for r in runs]):>11} "
-                  f"(steps {[int(r['selected_step']) for r in runs]})  ({time.time() - t0:.0f} s)", flush=True)
+                  f"(steps {[int(r['selected_step']) for r in runs]})  ({time.time() - t0:.0f} s"
+                  + (f"; per run {[round(r['wall_s']) for r in runs]} s" if "wall_s" in runs[0] else "") + ")", flush=True)
     print_table("At the last step:", "final", tasks, methods, results)
     print_table("At the validation with the highest val/snd (no target label used to choose):", "selected", tasks,
                 methods, results)
