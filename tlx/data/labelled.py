@@ -118,10 +118,15 @@ class LabelledImageDataModule(ResumableTrainData, ImageDataModule):
     def eval_dataset(self, split: str) -> LabelledImages:
         return self._dataset(split, self.eval_transform())
 
+    def items(self, split: str) -> list[Sample]:
+        """The (path, label) pairs the datasets of ``split`` yield: its samples (what a feature
+        cache keys the split's activations by)."""
+        return self.samples(split)
+
     def _dataset(self, split: str, transform) -> LabelledImages:
         if not self.hparams.cache_images:
-            return LabelledImages(self.samples(split), transform, self.min_short_side)
-        samples = self.samples(split)
+            return LabelledImages(self.items(split), transform, self.min_short_side)
+        samples = self.items(split)
         # One cache per list of files: without a test split, test is the val list (decoded once).
         key = "val" if split == "test" and samples is self._splits.get("val") else split
         if key not in self._decoded:  # built here, in the main process, before workers fork

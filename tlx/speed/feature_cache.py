@@ -151,7 +151,7 @@ class FeatureCache(Callback):
                 "tlx.finetuning.FreezeBackbone (train_bn: false), or drop FeatureCache to fine-tune."
             )
         dm = trainer.datamodule
-        needs = ("samples", "eval_dataset", "train_dataset", "serve_features", "serve_images")
+        needs = ("samples", "items", "eval_dataset", "train_dataset", "serve_features", "serve_images")
         if dm is None or not all(hasattr(dm, a) for a in needs):
             raise TLXError("FeatureCache needs an ImageFolderDataModule (eval_dataset(), train_dataset(), serve_features()).")
         if not hasattr(pl_module, "take_features"):
@@ -169,9 +169,8 @@ class FeatureCache(Callback):
         # decodes every image), so that features on disk need no image at all.
         # The items as the datasets yield them: a domain-adaptation target's are (image, index), and
         # its files are also the val split's, whose labels must not be read from the target's cache.
-        items = dm.items(split) if hasattr(dm, "items") else dm.samples(split)
         data = {"preprocessing": dm.preprocessing.to_dict(), "fast_decode": hp.get("fast_decode"),
-                "files": files_digest(items), "view": "eval"}
+                "files": files_digest(dm.items(split)), "view": "eval"}
         if self.split is not None:  # the bottom's weights alone do not say where it ends
             data.update(cut=self.cut, backbone=getattr(pl_module.backbone, "name", None))
         parts = [(lambda: dm.eval_dataset(split), 1, data)]
