@@ -180,3 +180,63 @@ def test_the_default_recipe_runs_without_a_logger(tmp_path):
                    f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"])
     assert cli.trainer.global_step == 2 and cli.trainer.logger is None
     assert not any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
+
+
+def test_result_order_probe_then_finetuned_then_wise_ft():
+    from tlx.recipes.lpft import result_of
+
+    n = 100
+    assert result_of(0.90, 0.90, 0.90, n) == "probe"  # ties keep the probe
+    assert result_of(0.90, 0.91, 0.91, n) == "finetuned"
+    assert result_of(0.90, 0.91, 0.92, n) == "wise_ft"
+    assert result_of(0.90, 0.85, 0.91, n) == "wise_ft"  # above the probe, which fine-tuning did not beat
+    assert result_of(0.90, None, None, n) == "probe"
+
+
+class EndWeights(Callback):
+    def on_train_end(self, trainer, pl_module):  # before LP-FT's on_fit_end picks the result
+        self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_wise_ft_curve_is_the_interpolated_models_validation(tmp_path):
+    from tlx.fusion import interpolate_weights
+
+    end = EndWeights()
+    trainer, model, lpft, _ = _fit(tmp_path, end, wise_alphas=[0.0, 0.5, 1.0])
+    curve = lpft.outcome["wise_ft_curve"]
+    assert [p["alpha"] for p in curve] == [0.5]  # the ends are the probe and fine-tuning's own validations
+    # alpha 0.5, rebuilt here and validated through Lightning's own loop, gives the curve's accuracy
+    probe = {**{f"backbone.{k}": v for k, v in lpft._backbone_start.items()},
+             **{f"head.{k}": v for k, v in lpft.probe_head.items()}}
+    model.load_state_dict(interpolate_weights({**end.state, **probe}, end.state, 0.5))
+    metrics = trainer.validate(model, datamodule=trainer.datamodule, verbose=False)[0]
+    assert metrics["val/acc"] == pytest.approx(curve[0]["val_acc"], abs=1e-6)
+
+
+class WiseWins(LinearProbeFinetune):
+    """Forces WiSE-FT to win, with real interpolated weights (alpha 0.5)."""
+
+    def _wise_ft(self, trainer, pl_module):
+        from tlx.fusion import interpolate_weights
+
+        backbone = interpolate_weights(self._backbone_start, pl_module.backbone.state_dict(), 0.5)
+        head = interpolate_weights(self.probe_head, pl_module.head.state_dict(), 0.5)
+        return {"alpha": 0.5, "val_acc": 1.0, "backbone": backbone, "head": head}
+
+
+def test_a_winning_wise_ft_is_the_model_and_the_best_checkpoint(tmp_path, caplog):
+    data = make_imagefolder(tmp_path / "data", classes=("cat", "dog", "fox"), n_train=8, n_val=4)
+    model = ImageClassifier(**TINY_MODEL, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
+    lpft = WiseWins(min_steps=1, probe_epochs=1, probe_lr=1e-6)  # a probe left near chance, below WiSE's 100%
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", filename="best")
+    trainer = tiny_trainer(tmp_path, max_steps=6, callbacks=[lpft, ckpt], enable_checkpointing=True)
+    with caplog.at_level("INFO", logger="tlx"):
+        trainer.fit(model, datamodule=ImageFolderDataModule(str(data), batch_size=4, num_workers=0))
+    assert lpft.outcome["result"] == "wise_ft" and lpft.outcome["wise_ft_alpha"] == 0.5
+    assert "WiSE-FT at alpha 0.5" in caplog.text and "written over best.ckpt" in caplog.text
+    saved = torch.load(ckpt.best_model_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    # the head is really between the probe's and the fine-tuned one (not either end)
+    name = next(iter(lpft.probe_head))
+    assert not torch.equal(model.head.state_dict()[name], lpft.probe_head[name])
+    assert float(ckpt.best_model_score) == 1.0
