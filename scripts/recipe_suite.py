@@ -10,7 +10,7 @@ sign_language_digits, rsscn7 (80/20), chest_xray (train/val). Each split is writ
 symbolic links under ``--work``, so every method reads the same files.
 
 Per dataset the table gives the recipe's best and final validation accuracy, its result (the
-fine-tuned model or the fallen-back probe), wall time, the number of validation images and a
+fine-tuned model, the fallen-back probe, or WiSE-FT between them), wall time, the number of validation images and a
 Wilson 95% interval, and beside it the baselines:
 
 * the PyTorch tutorial's loop (``scripts/tutorial_baseline.py``), frozen and fine-tuned, run for
@@ -80,7 +80,10 @@ def run_recipe(root: Path, out: Path, configs: list[str], seed: int | None = Non
            "ci95": wilson_interval(round(best * n_val), n_val), "steps": cli.trainer.global_step}
     lpft = [c for c in cli.trainer.callbacks if isinstance(c, LinearProbeFinetune)]
     if lpft:
-        row.update(result=lpft[0].outcome["result"], probe=lpft[0].outcome["probe_acc"])
+        outcome = lpft[0].outcome
+        row.update(result=outcome["result"], probe=outcome["probe_acc"], finetune_best=outcome["finetune_best_acc"])
+        if "wise_ft_curve" in outcome:
+            row["wise_ft_curve"] = outcome["wise_ft_curve"]
     return row
 
 
