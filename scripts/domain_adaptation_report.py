@@ -237,6 +237,7 @@ def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[st
     if args.mode == "top_stages":
         configs.append(top_stages_fragment(args.cache / "top_stages", args.runs))
         budget = [f"--trainer.max_epochs={args.epochs}", f"--model.init_args.lr_scheduler.init_args.T_max={args.epochs}"]
+    configs += args.config  # e.g. a fine-tuning strategy for the part that trains
     source, target = (args.data_root / d for d in task)
     t0 = time.time()
     cli = TLXCLI(args=[
@@ -295,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", type=Path, default=Path("/tmp/tlx_da_features"))
     p.add_argument("--runs", type=Path, default=Path("runs/domain_adaptation"), help="finetune mode logs")
     p.add_argument("--bf16", action="store_true", help="finetune mode: bf16-mixed precision")
+    p.add_argument("--config", type=Path, action="append", default=[],
+                   help="top_stages/finetune modes: a further config fragment stacked last (repeatable), "
+                        "e.g. configs/domain_adaptation/top_stages_strategy.yaml")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch's default); 1 is fastest for these small steps on a shared CPU")
     args = p.parse_args(argv)
@@ -305,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         p.error(f"--tasks {' '.join(unknown)}: the domains in {args.data_root} give {' '.join(all_tasks)}")
     methods = [m for m in args.methods if not (m == PROBE and args.mode != "features")]
+    missing = [str(c) for c in args.config if not c.is_file()]
+    if missing or (args.config and args.mode == "features"):
+        p.error(f"--config {' '.join(missing)}: no such file" if missing else "--config: top_stages/finetune modes only")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -316,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}")
     elif args.mode == "top_stages":
         budget = (f"top stages (above blocks.4) + bottleneck + head trained on the partial cache "
-                  f"(configs/domain_adaptation/office31 + objective + configs/speed/top_stages), {args.epochs} epochs")
+                  f"(configs/domain_adaptation/office31 + objective + configs/speed/top_stages"
+                  f"{''.join(f' + {c}' for c in args.config)}), {args.epochs} epochs")
     else:
         budget = f"full fine-tuning with configs/domain_adaptation/ (office31 + objective), {args.steps} steps"
     print(f"Target accuracy (%), {args.data_root}, {budget}, seeds {args.seeds}", flush=True)

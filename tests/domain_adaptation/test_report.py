@@ -45,3 +45,17 @@ def test_report_runs_every_task_of_a_three_domain_root(tmp_path, capsys):
           "--image-size", "32", "--tasks", "d2w", "--methods", "logistic_probe", "--cache", str(tmp_path / "cache")])
     out = capsys.readouterr().out
     assert "features of" not in out and re.search(r"^  d2w logistic_probe ", out, flags=re.M)
+
+
+def test_a_further_config_fragment_must_exist_and_is_for_the_pipeline_modes(tmp_path, capsys):
+    for i, name in enumerate(("amazon", "webcam")):
+        make_domain(tmp_path / "data" / name, 30 * i, 2, seed0=100 * i)
+    common = ["--data-root", str(tmp_path / "data"), "--tasks", "a2w", "--methods", "source_only"]
+    with pytest.raises(SystemExit):
+        main([*common, "--mode", "top_stages", "--config", str(tmp_path / "nowhere.yaml")])
+    assert "nowhere.yaml: no such file" in capsys.readouterr().err
+    fragment = tmp_path / "strategy.yaml"
+    fragment.write_text("trainer: {}\n")
+    with pytest.raises(SystemExit):
+        main([*common, "--config", str(fragment)])  # features mode: no pipeline to stack it on
+    assert "top_stages/finetune modes only" in capsys.readouterr().err
