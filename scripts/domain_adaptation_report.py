@@ -14,7 +14,9 @@ Two budgets:
   features (L2 as scikit-learn's default, C=1) is printed beside the methods as a reference
   floor: source-only should not be below it.
 * ``--mode top_stages``: the real pipeline on the partial cache, ``python -m tlx fit`` with
-  configs/domain_adaptation/{office31,objectives/<method>}.yaml + configs/speed/top_stages.yaml:
+  configs/domain_adaptation/{office31,objectives/<method>}.yaml + configs/speed/top_stages.yaml
+  + ``--top-strategy`` (configs/domain_adaptation/top_stages_strategy.yaml: the top stages at 0.1x
+  the head's learning rate, their BatchNorm statistics kept as pretrained):
   the backbone's bottom up to ``blocks.4`` is frozen and its activations cached once (4 random
   views per source and target image, ``--cache``/top_stages, shared by every method and seed), and
   the top stages, bottleneck, head and objective train for ``--epochs`` epochs (cosine over them).
@@ -75,6 +77,7 @@ from scripts.fragments import OBJECTIVES, fragments, instantiate, read  # noqa: 
 
 OFFICE31 = (REPO / ".." / "shared" / "data" / "office31").resolve()
 METHODS = fragments(OBJECTIVES)  # name -> its fragment
+TOP_STRATEGY = OBJECTIVES.parent / "top_stages_strategy.yaml"
 PROBE = "logistic_probe"
 
 
@@ -236,7 +239,9 @@ def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[st
     budget = [f"--trainer.max_steps={args.steps}"]
     if args.mode == "top_stages":
         configs.append(top_stages_fragment(args.cache / "top_stages", args.runs))
+        configs += [args.top_strategy] if args.top_strategy else []
         budget = [f"--trainer.max_epochs={args.epochs}", f"--model.init_args.lr_scheduler.init_args.T_max={args.epochs}"]
+    configs += args.config  # e.g. a fine-tuning strategy for the part that trains
     source, target = (args.data_root / d for d in task)
     t0 = time.time()
     cli = TLXCLI(args=[
@@ -295,6 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", type=Path, default=Path("/tmp/tlx_da_features"))
     p.add_argument("--runs", type=Path, default=Path("runs/domain_adaptation"), help="finetune mode logs")
     p.add_argument("--bf16", action="store_true", help="finetune mode: bf16-mixed precision")
+    p.add_argument("--top-strategy", default=str(TOP_STRATEGY),
+                   help="top_stages mode: the fine-tuning strategy fragment the top stages train with (default "
+                        "%(default)s); 'none': at the head's learning rate, BatchNorm statistics from the batches")
+    p.add_argument("--config", type=Path, action="append", default=[],
+                   help="top_stages/finetune modes: a further config fragment stacked last (repeatable)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch's default); 1 is fastest for these small steps on a shared CPU")
     args = p.parse_args(argv)
@@ -305,6 +315,12 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         p.error(f"--tasks {' '.join(unknown)}: the domains in {args.data_root} give {' '.join(all_tasks)}")
     methods = [m for m in args.methods if not (m == PROBE and args.mode != "features")]
+    args.top_strategy = None if args.top_strategy.lower() == "none" else Path(args.top_strategy)
+    for option, fragment in [("--top-strategy", args.top_strategy), *(("--config", c) for c in args.config)]:
+        if fragment and not fragment.is_file():
+            p.error(f"{option} {fragment}: no such file")
+    if args.config and args.mode == "features":
+        p.error("--config: top_stages/finetune modes only (features mode runs no config)")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -316,7 +332,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}")
     elif args.mode == "top_stages":
         budget = (f"top stages (above blocks.4) + bottleneck + head trained on the partial cache "
-                  f"(configs/domain_adaptation/office31 + objective + configs/speed/top_stages), {args.epochs} epochs")
+                  f"(configs/domain_adaptation/office31 + objective + configs/speed/top_stages"
+                  f"{''.join(f' + {c}' for c in [args.top_strategy, *args.config] if c)}), {args.epochs} epochs")
     else:
         budget = f"full fine-tuning with configs/domain_adaptation/ (office31 + objective), {args.steps} steps"
     print(f"Target accuracy (%), {args.data_root}, {budget}, seeds {args.seeds}", flush=True)

@@ -3,8 +3,9 @@ bottom's cached activations of both domains (tlx.speed.FeatureCache with cut).""
 
 import torch
 from lightning.pytorch import seed_everything
+from torch import nn
 
-from tests.helpers import TINY_MODEL, make_domain, tiny_trainer
+from tests.helpers import DA_BASE, TINY_MODEL, build_callbacks, fragment_callbacks, make_domain, tiny_trainer
 from tlx.domain_adaptation import DANN, DomainAdaptationClassifier, DomainAdaptationDataModule
 from tlx.speed import FeatureCache
 
@@ -59,3 +60,26 @@ def test_on_disk_the_targets_indices_never_become_the_validation_labels_of_the_s
         by_shape = {tuple(f.shape[:2]): y for f, y in cache._memory.values()}
         assert torch.equal(by_shape[(6, 2)], torch.arange(6))  # target: eval view + 1 view, indices
         assert torch.equal(by_shape[(6, 32)], labels)  # val: the eval view, its labels
+
+
+def test_the_top_stages_strategy_trains_the_top_slower_with_its_pretrained_bn_statistics(tmp_path):
+    """configs/domain_adaptation/top_stages_strategy.yaml after the partial cache: the top stages at
+    0.1 x the head's LR, their BatchNorm statistics kept; the bottleneck's BatchNorm learns its own."""
+    dm = DomainAdaptationDataModule(str(make_domain(tmp_path / "source", 0, 6)),
+                                    str(make_domain(tmp_path / "target", 60, 3, seed0=100)), batch_size=4, num_workers=0)
+    seed_everything(0)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN(),
+                                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    strategy = build_callbacks(fragment_callbacks(DA_BASE.parent / "top_stages_strategy.yaml"))
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[FeatureCache(cut=CUT, augmented_views=1), *strategy])
+    trainer.fit(model, dm)
+    assert {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups} == {"head": 0.1, "backbone": 0.1 * 0.1}
+    after = model.state_dict()
+    in_top = [k for k in after if k.startswith("backbone.") and not k.startswith(tuple(f"backbone.{b}" for b in BOTTOM))]
+    assert any(k.endswith("conv_head.weight") for k in in_top) and all(
+        not torch.equal(before[k], after[k]) for k in in_top if k.endswith("conv_head.weight"))  # the top trains
+    top_stats = [k for k in in_top if k.endswith(("running_mean", "running_var"))]
+    assert top_stats and all(torch.equal(before[k], after[k]) for k in top_stats)  # the pretrained statistics
+    assert isinstance(model.bottleneck[1], nn.BatchNorm1d)
+    assert not torch.equal(before["bottleneck.1.running_mean"], after["bottleneck.1.running_mean"])

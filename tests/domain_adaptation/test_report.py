@@ -45,3 +45,20 @@ def test_report_runs_every_task_of_a_three_domain_root(tmp_path, capsys):
           "--image-size", "32", "--tasks", "d2w", "--methods", "logistic_probe", "--cache", str(tmp_path / "cache")])
     out = capsys.readouterr().out
     assert "features of" not in out and re.search(r"^  d2w logistic_probe ", out, flags=re.M)
+
+
+def test_the_top_strategy_and_further_config_fragments_must_exist_and_are_for_the_pipeline_modes(tmp_path, capsys):
+    for i, name in enumerate(("amazon", "webcam")):
+        make_domain(tmp_path / "data" / name, 30 * i, 2, seed0=100 * i)
+    common = ["--data-root", str(tmp_path / "data"), "--tasks", "a2w", "--methods", "source_only"]
+    with pytest.raises(SystemExit):
+        main([*common, "--mode", "top_stages", "--config", str(tmp_path / "nowhere.yaml")])
+    assert "--config " in (err := capsys.readouterr().err) and "nowhere.yaml: no such file" in err
+    with pytest.raises(SystemExit):
+        main([*common, "--mode", "top_stages", "--top-strategy", str(tmp_path / "nowhere.yaml")])
+    assert "--top-strategy " in (err := capsys.readouterr().err) and "nowhere.yaml: no such file" in err
+    fragment = tmp_path / "strategy.yaml"
+    fragment.write_text("trainer: {}\n")
+    with pytest.raises(SystemExit):
+        main([*common, "--config", str(fragment)])  # features mode: no pipeline to stack it on
+    assert "top_stages/finetune modes only" in capsys.readouterr().err

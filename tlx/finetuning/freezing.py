@@ -28,7 +28,7 @@ class Freezer:
     Args:
         train_bn: BatchNorm layers inside frozen parts still train (affine parameters and
             running statistics).
-        freeze_bn_stats: keep the running statistics of every BatchNorm layer fixed.
+        freeze_bn_stats: keep the running statistics of every BatchNorm layer of the backbone fixed.
     """
 
     def __init__(self, train_bn: bool = False, freeze_bn_stats: bool = False):
@@ -61,7 +61,8 @@ class Freezer:
         return changed
 
     def apply_modes(self, root: nn.Module) -> None:
-        """Frozen parts in eval mode, then the BatchNorm policy over ``root``."""
+        """Frozen parts in eval mode, then the BatchNorm policy over ``root`` (``freeze_bn_stats``:
+        the pretrained statistics, those of its ``backbone``)."""
         for module in self.frozen:
             module.eval()
-        apply_bn_policy(root, self.freeze_bn_stats)
+        apply_bn_policy(root, self.freeze_bn_stats, getattr(root, "backbone", None))
