@@ -53,7 +53,7 @@ from tlx.metrics import wilson_interval
 from tlx.optim import ParamGroup
 from tlx.recipes.bn_stats import batchnorm_layers, load_bn_state, reestimate_bn_stats, shift
 from tlx.recipes.budget import epochs_for, step_budget, steps_per_epoch
-from tlx.recipes.probe import ProbeResult, fit_probe
+from tlx.recipes.probe import ProbeResult, count_correct, fit_probe
 
 log = logging.getLogger("tlx")
 
@@ -71,6 +71,10 @@ def beats(finetune_acc: float | None, probe_acc: float, n_val: int) -> bool:
     accuracies come from different code (torchmetrics in float32, the probe's own count), so equal
     counts can differ in the last bits: a plain ``>`` let such a tie count as a win."""
     return finetune_acc is not None and finetune_acc > probe_acc + 0.5 / max(n_val, 1)
+
+
+def copy_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def result_of(probe_acc: float, finetune_best: float | None, wise_acc: float | None, n_val: int) -> str:
@@ -196,43 +200,48 @@ class LinearProbeFinetune(FinetuneStrategy):
         super().on_fit_start(trainer, pl_module)
         if self.probe_head is None:  # a resumed run restored it (state_dict), and rebuilds the start if needed
             self._fit_probe(trainer, pl_module)
-            self._backbone_start = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
+            self._backbone_start = copy_state(pl_module.backbone.state_dict())
         self.finetune_best = None
 
     def _fit_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        dm = trainer.datamodule
-        workers = int(dm.hparams.get("num_workers", 0))
         seed = torch.initial_seed() % 2**31
-        head_init = {k: v.detach().clone() for k, v in pl_module.head.state_dict().items()}
+        head_init = copy_state(pl_module.head.state_dict())
 
         def probe() -> ProbeResult:
-            feats = {}
-            for split in ("train", "val"):
-                x, y = extract_features(pl_module.backbone, dm.eval_dataset(split), batch_size=self.extract_batch_size,
-                                        num_workers=workers, precision=str(trainer.precision))
-                feats[split] = (x.to(pl_module.device), y.to(pl_module.device))
+            feats = {split: self._features(trainer, pl_module, split) for split in ("train", "val")}
             pl_module.head.load_state_dict(head_init)
             return fit_probe(pl_module.head, feats["train"], feats["val"], seed=seed, **self.probe_kwargs)
 
         result = probe()
         if self.reestimate_bn is not False:
-            result = self._choose_bn_stats(trainer, pl_module, result, probe, workers)
-        self.probe_head = {k: v.detach().clone() for k, v in result.head_state.items()}
+            result = self._choose_bn_stats(trainer, pl_module, result, probe)
+        self.probe_head = copy_state(result.head_state)
         pl_module.head.load_state_dict(self.probe_head)
         self.probe_acc, self.n_val = result.val_acc, result.val_total
         if trainer.is_global_zero:
             log.info("LinearProbeFinetune: %s, epoch %d of the probe; fine-tuning starts from its head.",
                      accuracy_line("linear probe val acc", self.probe_acc, self.n_val), result.best_epoch)
 
+    def _features(self, trainer: Trainer, pl_module: LightningModule, split: str) -> tuple[Tensor, Tensor]:
+        """The backbone's pooled features of ``split`` (evaluation view), on the model's device."""
+        x, y = extract_features(pl_module.backbone, trainer.datamodule.eval_dataset(split),
+                                batch_size=self.extract_batch_size, num_workers=self._workers(trainer),
+                                precision=str(trainer.precision))
+        return x.to(pl_module.device), y.to(pl_module.device)
+
+    @staticmethod
+    def _workers(trainer: Trainer) -> int:
+        return int(trainer.datamodule.hparams.get("num_workers", 0))
+
     def _choose_bn_stats(self, trainer: Trainer, pl_module: LightningModule, pretrained: ProbeResult,
-                         probe: Any, workers: int) -> ProbeResult:
+                         probe: Any) -> ProbeResult:
         """Re-estimate the fine-tuned layers' BatchNorm statistics on the training images and fit the
         probe again under them; keep them if that probe validates better (or if forced)."""
         layers = batchnorm_layers(m for g in self._split(pl_module)[0] for m in g.modules)
         if not layers:
             return pretrained
         before = reestimate_bn_stats(pl_module.backbone, layers, trainer.datamodule.eval_dataset("train"),
-                                     batch_size=self.extract_batch_size, num_workers=workers)
+                                     batch_size=self.extract_batch_size, num_workers=self._workers(trainer))
         reestimated = probe()
         keep = self.reestimate_bn is True or reestimated.val_correct > pretrained.val_correct
         self.bn_choice = {"shift": shift(before), "pretrained_acc": pretrained.val_acc,
@@ -279,8 +288,7 @@ class LinearProbeFinetune(FinetuneStrategy):
         elif result == "finetuned":
             msg = f"LinearProbeFinetune: fine-tuning's best {accuracy_line('val acc', self.finetune_best, self.n_val)} beat {probe_line}: the result is the fine-tuned model (best.ckpt)."
         else:
-            self._write_result(trainer, pl_module, self._backbone_start or self._pretrained_state(pl_module),
-                               self.probe_head, self.probe_acc)
+            self._write_result(trainer, pl_module, self._probe_backbone(pl_module), self.probe_head, self.probe_acc)
             msg = (f"LinearProbeFinetune: fine-tuning ({tuned}) did not beat {probe_line}: the result is the probe's "
                    "model (pretrained backbone + probe head), written over best.ckpt.")
         if self.n_val < 300:
@@ -292,21 +300,16 @@ class LinearProbeFinetune(FinetuneStrategy):
     def _wise_ft(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         """Validates ``(1 - alpha) * probe + alpha * fine-tuned end`` for each of ``wise_alphas``;
         returns the best (ties: the larger alpha) with its weights, and leaves the model as it was."""
-        start_backbone = self._backbone_start or self._pretrained_state(pl_module)
-        end_backbone = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
-        end_head = {k: v.detach().clone() for k, v in pl_module.head.state_dict().items()}
-        dm, best, curve = trainer.datamodule, None, []
-        workers = int(dm.hparams.get("num_workers", 0))
+        start_backbone = self._probe_backbone(pl_module)
+        end_backbone, end_head = copy_state(pl_module.backbone.state_dict()), copy_state(pl_module.head.state_dict())
+        best, curve = None, []
         for alpha in self.wise_alphas:
             backbone = interpolate_weights(start_backbone, end_backbone, alpha)
             head = interpolate_weights(self.probe_head, end_head, alpha)
             pl_module.backbone.load_state_dict(backbone)
             pl_module.head.load_state_dict(head)
-            x, y = extract_features(pl_module.backbone, dm.eval_dataset("val"), batch_size=self.extract_batch_size,
-                                    num_workers=workers, precision=str(trainer.precision))
-            pl_module.head.eval()
-            with torch.no_grad():
-                acc = float((pl_module.head(x.to(pl_module.device)).argmax(dim=1).cpu() == y).float().mean())
+            x, y = self._features(trainer, pl_module, "val")
+            acc = count_correct(pl_module.head, x, y) / len(y)  # counted as the probe's accuracy is
             curve.append({"alpha": alpha, "val_acc": acc})
             if best is None or acc >= best["val_acc"]:
                 best = {"alpha": alpha, "val_acc": acc, "backbone": backbone, "head": head}
@@ -327,6 +330,10 @@ class LinearProbeFinetune(FinetuneStrategy):
         if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path:
             trainer.save_checkpoint(ckpt.best_model_path, weights_only=False)  # said: no misleading log line
             ckpt.best_model_score = torch.tensor(val_acc)
+
+    def _probe_backbone(self, pl_module: LightningModule) -> dict[str, Tensor]:
+        """The backbone the probe was fitted on (rebuilt from the weights after a resume)."""
+        return self._backbone_start or self._pretrained_state(pl_module)
 
     def _pretrained_state(self, pl_module: LightningModule) -> dict[str, Tensor]:
         hp = pl_module.hparams

@@ -28,7 +28,8 @@ class ProbeResult:
         return self.val_correct / self.val_total
 
 
-def _correct(head: nn.Module, features: Tensor, labels: Tensor) -> int:
+def count_correct(head: nn.Module, features: Tensor, labels: Tensor) -> int:
+    """Top-1 hits of ``head`` on cached features (eval mode, no gradients)."""
     head.eval()
     with torch.no_grad():
         return int((head(features).argmax(dim=1) == labels).sum())
@@ -55,7 +56,7 @@ def fit_probe(head: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, 
             loss.backward()
             optimizer.step()
         scheduler.step()
-        correct = _correct(head, *val)
+        correct = count_correct(head, *val)
         if best is None or correct > best.val_correct:  # ties keep the earlier epoch
             best = ProbeResult(copy.deepcopy(head.state_dict()), correct, len(val[1]), epoch)
     head.load_state_dict(best.head_state)
