@@ -146,6 +146,21 @@ def test_refuses_a_backbone_that_trains(tiny_folder, tmp_path):
         _fit(tiny_folder, tmp_path, [FreezeBackbone(train_bn=True), FeatureCache()])
 
 
+def test_refuses_a_data_module_without_the_cache_contract(tmp_path):
+    from lightning.pytorch import LightningDataModule
+
+    class Tensors(LightningDataModule):
+        class_names = ["a", "b"]
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(4, 3, 32, 32), torch.zeros(4).long()))
+
+    model = ImageClassifier(**TINY_MODEL)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[FreezeBackbone(), FeatureCache()])
+    with pytest.raises(TLXError, match=r"no samples\(\), items\(\), eval_dataset\(\), .*serve_images\(\)"):
+        trainer.fit(model, datamodule=Tensors())
+
+
 # ---- with a cut: a frozen bottom's activations cached, the top stages + head trained on them ----
 CUT = "blocks.2"  # of timm:test_efficientnet (blocks.0 ... blocks.4)
 

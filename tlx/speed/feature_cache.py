@@ -152,8 +152,9 @@ class FeatureCache(Callback):
             )
         dm = trainer.datamodule
         needs = ("samples", "items", "eval_dataset", "train_dataset", "serve_features", "serve_images")
-        if dm is None or not all(hasattr(dm, a) for a in needs):
-            raise TLXError("FeatureCache needs an ImageFolderDataModule (eval_dataset(), train_dataset(), serve_features()).")
+        missing = [f"{a}()" for a in needs if not hasattr(dm, a)]
+        if dm is None or missing:
+            raise TLXError(f"FeatureCache needs an ImageFolderDataModule; this data module has no {', '.join(missing)}.")
         if not hasattr(pl_module, "take_features"):
             raise TLXError("FeatureCache needs a model that can take features (tlx.models.ImageClassifier).")
         return dm
