@@ -157,12 +157,13 @@ def export_checkpoint(
     calibration_method: str = "entropy",
     threads: int = 1,
     head_weights: str = "int8",
+    bias_correction: bool = True,
 ) -> dict[str, Any]:
     """Write ``<stem>.torchscript.pt`` / ``<stem>.onnx`` and ``<stem>.json`` (class names,
     preprocessing, verification); return that JSON's content. ``quantize`` (``int8``, ``dynamic``,
     ``fp16``, comma-separated) adds ``<stem>.<mode>.onnx`` files and every precision's figures
     (see :mod:`tlx.quantization`); ``head_weights`` (``int8``/``float``) how the int8 file stores
-    the float-computed head's weights."""
+    the float-computed head's weights; ``bias_correction`` the int8 file's empirical bias correction."""
     wanted = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown or not wanted:
@@ -270,7 +271,7 @@ def export_checkpoint(
 
         quantized = export_quantized(wrapper, model, Path(info["files"]["onnx"]), modes, datamodule, paths, to_unit,
                                      len(info["class_names"]), calibration_images, calibration_seed, threads,
-                                     calibration_method, head_weights)
+                                     calibration_method, head_weights, bias_correction)
         info["files"].update(quantized.pop("files"))
         info.update(quantized)
         with open(sidecar, "w") as f:

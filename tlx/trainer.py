@@ -52,6 +52,7 @@ class TLXTrainer(Trainer):
         calibration_method: str = "entropy",
         threads: int = 1,
         head_weights: str = "int8",
+        bias_correction: bool = True,
     ) -> dict:
         """Export a checkpoint to TorchScript and/or ONNX, with its class names and preprocessing.
 
@@ -77,13 +78,17 @@ class TLXTrainer(Trainer):
             head_weights: the int8 file's head (computed in float either way): ``int8`` stores its
                 weights in int8 per output channel (weight-only, a quarter of the bytes), ``float``
                 keeps them float32.
+            bias_correction: after int8 quantization, shift each convolution's bias so that its
+                mean output per channel on the calibration images matches fp32's (empirical bias
+                correction, :mod:`tlx.quantization.bias_correction`).
         """
         from tlx.export import export_checkpoint
 
         return export_checkpoint(model, ckpt_path, format, output_dir, verify_images, num_verify, tolerance,
                                  datamodule=datamodule, quantize=quantize, calibration_images=calibration_images,
                                  calibration_seed=calibration_seed, calibration_method=calibration_method,
-                                 threads=threads, head_weights=head_weights)
+                                 threads=threads, head_weights=head_weights,
+                                 bias_correction=bias_correction)
 
     def rank(
         self,

@@ -21,6 +21,7 @@ from tlx.errors import TLXError
 from tlx.models import ImageClassifier
 from tlx.onnx_static_shapes import fold_static_shapes
 from tlx.quantization import ImageCalibrationReader, QuantizationError, balanced_calibration_set, quantize_model
+from tlx.quantization.bias_correction import channel_means, correctable_convs
 
 CLASSES = ("cat", "dog", "fox")
 
@@ -73,6 +74,8 @@ def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precisio
     assert by_type["Gemm"].input[2] in weights and weights[by_type["Gemm"].input[2]].data_type == onnx.TensorProto.FLOAT
     assert not [n for n in model.graph.node if by_type["Gemm"].output[0] in n.input and n.op_type == "QuantizeLinear"]
     assert meta["quantization"]["int8"]["weight_only_int8"] == ["head.fc"]
+    assert meta["quantization"]["int8"]["bias_correction"]["images"] == 6  # on by default, on the calibration images
+    assert meta["quantization"]["int8"]["bias_correction"]["layers"] > 0
     dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     assert not {*by_type["Sub"].input, *by_type["Softmax"].input} & dq_outputs
     assert "class_names" in {p.key for p in model.metadata_props}
@@ -138,25 +141,66 @@ def test_every_calibration_method_quantizes_and_agrees_with_fp32(tmp_path, metho
     torch.onnx.export(model, (torch.rand(2, 3, 16, 16),), str(path), dynamo=False, input_names=["image"],
                       dynamic_axes={"image": {0: "batch"}})
     images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-
-    class Reader(ImageCalibrationReader):  # already-made tensors instead of image files
-        def __init__(self):
-            super().__init__([str(i) for i in range(32)], None, "image", batch_size=8)
-
-        def get_next(self):
-            stop = min(32, self._end or 32)
-            if self._next >= stop:
-                return None
-            self._next += 8
-            return {"image": images[self._next - 8:self._next].numpy()}
-
-    info = quantize_model(path, tmp_path / "q.onnx", "int8", Reader(), calibration_method=method)
+    info = quantize_model(path, tmp_path / "q.onnx", "int8", TensorReader(images[:32]), calibration_method=method)
     assert info["calibration_method"] == method
     x = images[32:].numpy()  # images the calibration did not see
     got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     with torch.no_grad():
         expected = model(images[32:]).numpy()
     assert np.abs(got - expected).max() < 0.05
+
+
+class TensorReader(ImageCalibrationReader):
+    """The calibration reader on already-made tensors instead of image files."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int = 8):
+        super().__init__([str(i) for i in range(len(images))], None, "image", batch_size=batch_size)
+        self.images = images
+
+    def get_next(self):
+        if self._next >= self._end:
+            return None
+        self._next += self.batch_size
+        return {"image": self.images[self._next - self.batch_size:self._next].numpy()}
+
+
+def test_bias_correction_brings_each_convolutions_mean_output_to_fp32s(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = Exported(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1),
+                                   nn.ReLU6(), nn.Conv2d(8, 4, 1))).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.rand(2, 3, 16, 16),), str(path), dynamo=False, input_names=["image"],
+                      dynamic_axes={"image": {0: "batch"}})
+    images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    calibration = images[:32]
+    quantize_model(path, tmp_path / "plain.onnx", "int8", TensorReader(calibration), calibration_method="minmax")
+    info = quantize_model(path, tmp_path / "corrected.onnx", "int8", TensorReader(calibration),
+                          calibration_method="minmax", bias_correction=True)
+    assert info["bias_correction"]["layers"] == 3 and info["bias_correction"]["images"] == 32
+
+    fp32, plain, corrected = (onnx.load(str(tmp_path / f)) for f in ("m.onnx", "plain.onnx", "corrected.onnx"))
+    batches = [calibration[i:i + 8].numpy() for i in range(0, 32, 8)]
+    errors = {"plain": [], "corrected": []}
+    for name, quantized in (("plain", plain), ("corrected", corrected)):
+        for node, fp32_output in correctable_convs(quantized, fp32):
+            target = channel_means(fp32, [fp32_output], batches)[0]
+            errors[name].append(np.abs(channel_means(quantized, [node.output[0]], batches)[0] - target).mean())
+    # every layer's mean output per channel is closer to fp32's than without the correction; only
+    # rounding to the bias's int32 step (and the fused kernel's output rounding) is left
+    assert all(c <= p + 1e-6 for c, p in zip(errors["corrected"], errors["plain"]))
+    assert sum(errors["corrected"]) < 0.5 * sum(errors["plain"])
+    # only the int32 biases moved
+    changed = {i.name for i, j in zip(plain.graph.initializer, corrected.graph.initializer)
+               if not np.array_equal(onnx.numpy_helper.to_array(i), onnx.numpy_helper.to_array(j))}
+    assert changed and all(onnx.numpy_helper.to_array(i).dtype == np.int32
+                           for i in corrected.graph.initializer if i.name in changed)
+    # and the corrected file still runs and agrees with fp32 on images it did not see
+    got = ort.InferenceSession(str(tmp_path / "corrected.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": images[32:].numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(images[32:]).numpy()).max() < 0.05
 
 
 def test_a_calibration_set_smaller_than_the_classes_is_refused(tiny_ckpt, tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from tlx.errors import TLXError
+from tlx.quantization.bias_correction import calibration_batches, correct_biases
 from tlx.quantization.weight_only import quantize_float_weights
 
 log = logging.getLogger("tlx")
@@ -88,12 +89,15 @@ def unquantized_weight_layers(quantized: onnx.ModelProto, names: list[str]) -> l
 
 def quantize_model(fp32_path: str | Path, out_path: str | Path, mode: str, calibration_reader=None,
                    calibration_method: str = "entropy", exclude: list[str] | None = None,
-                   calibration_cache: str | Path | None = None, head_weights: str = "int8") -> dict:
+                   calibration_cache: str | Path | None = None, head_weights: str = "int8",
+                   bias_correction: bool = False, threads: int = 1) -> dict:
     """Write the ``mode`` version of ``fp32_path`` to ``out_path``; return what was done (for the
     sidecar JSON). ``int8`` needs a :class:`~onnxruntime.quantization.CalibrationDataReader` and
     takes one of :data:`CALIBRATION_METHODS`; ``exclude`` names ONNX nodes kept float;
     ``calibration_cache`` (a JSON file) stores the activation ranges and reuses them when present;
-    ``head_weights="int8"`` stores the float-computed layers' weights (the head) in int8 too."""
+    ``head_weights="int8"`` stores the float-computed layers' weights (the head) in int8 too;
+    ``bias_correction`` corrects the int8 biases on the calibration images
+    (:mod:`tlx.quantization.bias_correction`, ``threads`` onnxruntime threads)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -152,6 +156,9 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, mode: str, calib
         if left:
             raise QuantizationError(f"layer {left[0]} was left in float32 by onnxruntime's quantizer "
                                     f"({len(left)} such layers); it cannot be quantized to int8 statically.")
+        if bias_correction:
+            info["bias_correction"] = correct_biases(quantized, fp32, calibration_batches(calibration_reader), threads,
+                                                      QUANTIZED_SCOPE)
         if head_weights == "int8":
             outside = {n.name: n for n in quantized.graph.node if not n.name.startswith(QUANTIZED_SCOPE)}
             info["weight_only_int8"] = [layer_name(outside[name]) for name in quantize_float_weights(quantized, set(outside))]

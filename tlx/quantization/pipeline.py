@@ -55,6 +55,7 @@ def export_quantized(
     threads: int = 1,
     calibration_method: str = "entropy",
     head_weights: str = "int8",
+    bias_correction: bool = True,
 ) -> dict[str, Any]:
     """Write ``<stem>.<mode>.onnx`` beside ``fp32_onnx`` for each mode; return the figures for the
     sidecar JSON: ``{"quantization": ..., "precisions": {"fp32": ..., "int8": ...}, "files": ...}``."""
@@ -79,7 +80,8 @@ def export_quantized(
     for mode in modes:
         path = fp32_onnx.with_name(f"{fp32_onnx.stem}.{mode}.onnx")
         result["quantization"][mode] = quantize_model(fp32_onnx, path, mode, reader if mode == "int8" else None,
-                                                      calibration_method=calibration_method, head_weights=head_weights)
+                                                      calibration_method=calibration_method, head_weights=head_weights,
+                                                      bias_correction=bias_correction, threads=threads)
         files[mode] = path
         result["files"][f"onnx_{mode}"] = str(path)
 
