@@ -4,6 +4,7 @@ against the fp32 ONNX file on the validation images of an exported checkpoint.
     python scripts/quantization_sensitivity.py RUN_DIR [RUN_DIR ...] --methods minmax percentile entropy
     python scripts/quantization_sensitivity.py RUN_DIR --layers        # all-but-one-layer sweep
     python scripts/quantization_sensitivity.py RUN_DIR --label_free 10  # keep 1..10 layers float, label-free
+    python scripts/quantization_sensitivity.py RUN_DIR --methods minmax entropy --bias_correction
 
 ``RUN_DIR`` holds ``checkpoints/best.ckpt`` and ``export/best.onnx`` + ``best.json`` from
 ``python -m tlx export --quantize int8`` (its calibration images are reused). Every variant
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--all_train", action="store_true", help="calibrate on every training image")
     parser.add_argument("--calibration_seed", type=int, default=None,
                         help="a new seeded balanced draw (as many images as the export's) instead of the export's own")
+    parser.add_argument("--bias_correction", action="store_true", help="correct the int8 biases (as the export does)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,7 +125,8 @@ def main() -> None:
             for spec, nodes in excludes.items():
                 out = work / f"int8_{method}{suffix}.onnx"
                 quantize_model(fp32_path, out, "int8", ArrayReader(x_cal, input_name), calibration_method=method,
-                               exclude=nodes, calibration_cache=work / f"ranges_{method}{suffix}.json")
+                               exclude=nodes, calibration_cache=work / f"ranges_{method}{suffix}.json",
+                               bias_correction=args.bias_correction)
                 row = figures(predict(out, x_val, args.threads), fp32, labels)
                 size = out.stat().st_size / fp32_path.stat().st_size
                 print(f"  {method:<10} float: {spec} ({len(nodes)} nodes) size {size:.3f}x "

@@ -154,7 +154,7 @@ def export_checkpoint(
     quantize: str | None = None,
     calibration_images: int = 300,
     calibration_seed: int = 0,
-    calibration_method: str = "entropy",
+    calibration_method: str = "percentile",
     threads: int = 1,
     head_weights: str = "int8",
     bias_correction: bool = True,

@@ -53,7 +53,7 @@ def test_int8_export_agrees_with_the_checkpoint_and_best_json_has_every_precisio
     assert meta["precisions"]["int8"]["size_vs_fp32"] < 0.6  # int8 weights (the tiny model's graph weighs too)
     assert meta["quantization"]["evaluation"]["images"] == 9 and meta["quantization"]["evaluation"]["threads"] == 1
     calibration = meta["quantization"]["calibration"]
-    assert calibration["images"] == 6 and calibration["seed"] == 3 and calibration["method"] == "entropy"
+    assert calibration["images"] == 6 and calibration["seed"] == 3 and calibration["method"] == "percentile"
     assert calibration["per_class"] == {"0": 2, "1": 2, "2": 2}
     assert all(p.startswith(str(root / "train")) for p in calibration["paths"])
 

@@ -88,7 +88,7 @@ def unquantized_weight_layers(quantized: onnx.ModelProto, names: list[str]) -> l
 
 
 def quantize_model(fp32_path: str | Path, out_path: str | Path, mode: str, calibration_reader=None,
-                   calibration_method: str = "entropy", exclude: list[str] | None = None,
+                   calibration_method: str = "percentile", exclude: list[str] | None = None,
                    calibration_cache: str | Path | None = None, head_weights: str = "int8",
                    bias_correction: bool = False, threads: int = 1) -> dict:
     """Write the ``mode`` version of ``fp32_path`` to ``out_path``; return what was done (for the

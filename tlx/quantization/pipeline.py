@@ -53,7 +53,7 @@ def export_quantized(
     calibration_images: int = 300,
     calibration_seed: int = 0,
     threads: int = 1,
-    calibration_method: str = "entropy",
+    calibration_method: str = "percentile",
     head_weights: str = "int8",
     bias_correction: bool = True,
 ) -> dict[str, Any]:
