@@ -62,3 +62,29 @@ def test_the_top_strategy_and_further_config_fragments_must_exist_and_are_for_th
     with pytest.raises(SystemExit):
         main([*common, "--config", str(fragment)])  # features mode: no pipeline to stack it on
     assert "top_stages/finetune modes only" in capsys.readouterr().err
+
+
+def test_label_smoothing_reaches_the_features_mode_model_and_defaults_to_the_recipes(tmp_path, capsys, monkeypatch):
+    import scripts.domain_adaptation_report as report
+    from scripts.fragments import read
+
+    seen = []
+
+    class Recording(report.DomainAdaptationClassifier):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.hparams.label_smoothing)
+
+    monkeypatch.setattr(report, "DomainAdaptationClassifier", Recording)
+    for i, name in enumerate(("amazon", "webcam")):
+        make_domain(tmp_path / "data" / name, 30 * i, 2, seed0=100 * i)
+    common = ["--data-root", str(tmp_path / "data"), "--backbone", TINY_MODEL["backbone"], "--weights", "none",
+              "--image-size", "32", "--steps", "2", "--batch-size", "2", "--tasks", "a2w", "--methods", "source_only",
+              "--cache", str(tmp_path / "cache")]
+    main([*common, "--label-smoothing", "0.1"])
+    main(common)
+    assert seen == [0.1, read(report.BASE, "model", "init_args").get("label_smoothing", 0.0)]
+    assert "label smoothing 0.1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*common, "--label-smoothing", "1"])
+    assert "--label-smoothing must be a number in [0, 1), got 1.0" in capsys.readouterr().err
