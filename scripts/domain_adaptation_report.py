@@ -270,6 +270,11 @@ def cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f}{sd}"
 
 
+def seed_values(runs: list[dict[str, float]], key: str) -> str:
+    """Each seed's accuracy, in the order of --seeds (the mean and spread alone hide an outlier)."""
+    return "(" + ", ".join(f"{100 * r[key]:.1f}" for r in runs) + ")" if len(runs) > 1 else ""
+
+
 def print_table(title: str, key: str, tasks: list[str], methods: list[str], results: dict) -> None:
     print(f"\n{title}\n")
     print("| method | " + " | ".join(tasks) + " | " + " | ".join(f"{t} gain over source-only" for t in tasks) + " |")
@@ -352,10 +357,16 @@ def main(argv: list[str] | None = None) -> None:
     for task in tasks:
         for method in methods:
             t0 = time.time()
-            runs = [run(all_tasks[task], method, s, args) for s in ([0] if method == PROBE else args.seeds)]
+            runs = []
+            for seed in [0] if method == PROBE else args.seeds:
+                t1 = time.time()
+                runs.append(run(all_tasks[task], method, seed, args))
+                if len(args.seeds) > 1 and method != PROBE:  # progress of a long report, seed by seed
+                    print(f"    {task} {method} seed {seed}: last {100 * runs[-1]['final']:.1f}, chosen by SND "
+                          f"{100 * runs[-1]['selected']:.1f} ({time.time() - t1:.0f} s)", flush=True)
             results[task, method] = runs
-            print(f"  {task} {method:<24} last {cell([100 * r['final'] for r in runs]):>11}  "
-                  f"chosen by SND {cell([100 * r['selected'] for r in runs]):>11} "
+            print(f"  {task} {method:<24} last {cell([100 * r['final'] for r in runs]):>11} {seed_values(runs, 'final')}  "
+                  f"chosen by SND {cell([100 * r['selected'] for r in runs]):>11} {seed_values(runs, 'selected')} "
                   f"(steps {[int(r['selected_step']) for r in runs]})  ({time.time() - t0:.0f} s"
                   + (f"; per run {[round(r['wall_s']) for r in runs]} s" if "wall_s" in runs[0] else "") + ")", flush=True)
     print_table("At the last step:", "final", tasks, methods, results)

@@ -81,10 +81,15 @@ def test_label_smoothing_reaches_the_features_mode_model_and_defaults_to_the_rec
     common = ["--data-root", str(tmp_path / "data"), "--backbone", TINY_MODEL["backbone"], "--weights", "none",
               "--image-size", "32", "--steps", "2", "--batch-size", "2", "--tasks", "a2w", "--methods", "source_only",
               "--cache", str(tmp_path / "cache")]
-    main([*common, "--label-smoothing", "0.1"])
+    main([*common, "--label-smoothing", "0.1", "--seeds", "0", "1"])
+    out = capsys.readouterr().out
+    assert "label smoothing 0.1" in out
+    # with several seeds, each run's accuracy as it ends, and every seed's beside the mean
+    seeds = [re.search(rf"^    a2w source_only seed {s}: last (\d+\.\d), chosen by SND \d+\.\d \(\d+ s\)$", out, re.M)
+             for s in (0, 1)]
+    assert all(seeds) and f"({seeds[0][1]}, {seeds[1][1]})" in re.search(r"^  a2w source_only .*$", out, re.M)[0]
     main(common)
-    assert seen == [0.1, read(report.BASE, "model", "init_args").get("label_smoothing", 0.0)]
-    assert "label smoothing 0.1" in capsys.readouterr().out
+    assert seen == [0.1, 0.1, read(report.BASE, "model", "init_args").get("label_smoothing", 0.0)]
     with pytest.raises(SystemExit):
         main([*common, "--label-smoothing", "1"])
     assert "--label-smoothing must be a number in [0, 1), got 1.0" in capsys.readouterr().err
