@@ -11,7 +11,7 @@ Two budgets:
   weights, the files and the preprocessing; then ``DomainAdaptationClassifier`` trains dropout,
   bottleneck, head and the objective's own modules on them for ``--steps`` steps (a source and a
   target batch each step), through Lightning, with office31.yaml's label smoothing of the source
-  cross-entropy unless ``--label-smoothing`` says otherwise. A logistic-regression probe on the same source
+  cross-entropy (none; ``--label-smoothing`` overrides it). A logistic-regression probe on the same source
   features (L2 as scikit-learn's default, C=1) is printed beside the methods as a reference
   floor: source-only should not be below it.
 * ``--mode top_stages``: the real pipeline on the partial cache, ``python -m tlx fit`` with
