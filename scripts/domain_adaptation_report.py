@@ -10,7 +10,8 @@ Two budgets:
   every image (centre crop, ``--image-size``) are computed once and cached on disk, keyed by the
   weights, the files and the preprocessing; then ``DomainAdaptationClassifier`` trains dropout,
   bottleneck, head and the objective's own modules on them for ``--steps`` steps (a source and a
-  target batch each step), through Lightning. A logistic-regression probe on the same source
+  target batch each step), through Lightning, with office31.yaml's label smoothing of the source
+  cross-entropy (none; ``--label-smoothing`` overrides it). A logistic-regression probe on the same source
   features (L2 as scikit-learn's default, C=1) is printed beside the methods as a reference
   floor: source-only should not be below it.
 * ``--mode top_stages``: the real pipeline on the partial cache, ``python -m tlx fit`` with
@@ -71,12 +72,14 @@ from tlx.domain_adaptation.model import DomainAdaptationClassifier  # noqa: E402
 from tlx.domain_adaptation.objectives import Objective  # noqa: E402
 from tlx.errors import DataError  # noqa: E402
 from tlx.features.digest import content_key, weights_digest  # noqa: E402
+from tlx.options import RULES  # noqa: E402
 from tlx.preprocessing import Preprocessing  # noqa: E402
 
 from scripts.fragments import OBJECTIVES, fragments, instantiate, read  # noqa: E402
 
 OFFICE31 = (REPO / ".." / "shared" / "data" / "office31").resolve()
 METHODS = fragments(OBJECTIVES)  # name -> its fragment
+BASE = OBJECTIVES.parent / "office31.yaml"
 TOP_STRATEGY = OBJECTIVES.parent / "top_stages_strategy.yaml"
 PROBE = "logistic_probe"
 
@@ -199,7 +202,7 @@ def run_features(task: tuple[str, str], method: str, seed: int, args) -> dict[st
         return {"final": acc, "selected": acc, "selected_step": 0}
     seed_everything(seed, verbose=False)
     model = DomainAdaptationClassifier(
-        backbone=args.backbone, weights=None, class_names=classes,
+        backbone=args.backbone, weights=None, class_names=classes, label_smoothing=args.label_smoothing,
         objective=instantiate(read(METHODS[method], "model", "init_args", "objective"), Objective),
         optimizer=lambda p: torch.optim.SGD(p, lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True),
         lr_scheduler=None,
@@ -235,7 +238,7 @@ def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[st
     from tlx.cli import TLXCLI
 
     # the base experiment and the objective, two fragments stacked (+ the partial cache); the task as the two roots
-    configs = [OBJECTIVES.parent / "office31.yaml", METHODS[method]]
+    configs = [BASE, METHODS[method]]
     budget = [f"--trainer.max_steps={args.steps}"]
     if args.mode == "top_stages":
         configs.append(top_stages_fragment(args.cache / "top_stages", args.runs))
@@ -248,6 +251,7 @@ def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[st
         *(a for config in configs for a in ("--config", str(config))),
         f"--data.init_args.source_root={source}", f"--data.init_args.target_root={target}",
         f"--seed_everything={seed}", *budget,
+        *([f"--model.init_args.label_smoothing={args.label_smoothing}"] if args.label_smoothing is not None else []),
         f"--trainer.default_root_dir={args.runs}/{args.mode}/{task[0]}2{task[1]}_{method}_{seed}",
         "--trainer.enable_progress_bar=false", *(["--trainer.precision=bf16-mixed"] if args.bf16 else []),
         # best.ckpt: the validation with the highest val/snd (office31.yaml itself keeps the last)
@@ -265,6 +269,11 @@ def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[st
 def cell(values: list[float]) -> str:
     sd = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
     return f"{statistics.mean(values):.1f}{sd}"
+
+
+def seed_values(runs: list[dict[str, float]], key: str) -> str:
+    """Each seed's accuracy, in the order of --seeds (the mean and spread alone hide an outlier)."""
+    return "(" + ", ".join(f"{100 * r[key]:.1f}" for r in runs) + ")" if len(runs) > 1 else ""
 
 
 def print_table(title: str, key: str, tasks: list[str], methods: list[str], results: dict) -> None:
@@ -294,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-every", type=int, default=100, help="steps between validations (features mode)")
     p.add_argument("--batch-size", type=int, default=32, help="per domain (features mode)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (features mode)")
+    p.add_argument("--label-smoothing", type=float,
+                   help="label smoothing of the source cross-entropy (SHOT trains its source model with 0.1); "
+                        "default: the recipe's, model.init_args.label_smoothing of office31.yaml (0 when unset)")
     p.add_argument("--image-size", type=int, default=224, help="centre crop for the cached features")
     p.add_argument("--backbone", default="efficientnet_lite0", help="features mode")
     p.add_argument("--weights", default="DEFAULT", help="features mode; 'none': random initialisation")
@@ -321,6 +333,11 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"{option} {fragment}: no such file")
     if args.config and args.mode == "features":
         p.error("--config: top_stages/finetune modes only (features mode runs no config)")
+    holds, valid = RULES["label_smoothing"]
+    if args.label_smoothing is not None and not holds(args.label_smoothing):
+        p.error(f"--label-smoothing must be {valid}, got {args.label_smoothing}")
+    if args.label_smoothing is None and args.mode == "features":  # the pipeline modes read office31.yaml themselves
+        args.label_smoothing = read(BASE, "model", "init_args").get("label_smoothing", 0.0)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -329,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     run = run_features if args.mode == "features" else run_finetune
     if args.mode == "features":
         budget = (f"frozen {args.backbone} features ({args.image_size} px), {args.steps} steps, "
-                  f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}")
+                  f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}, label smoothing {args.label_smoothing}")
     elif args.mode == "top_stages":
         budget = (f"top stages (above blocks.4) + bottleneck + head trained on the partial cache "
                   f"(configs/domain_adaptation/office31 + objective + configs/speed/top_stages"
@@ -341,10 +358,16 @@ def main(argv: list[str] | None = None) -> None:
     for task in tasks:
         for method in methods:
             t0 = time.time()
-            runs = [run(all_tasks[task], method, s, args) for s in ([0] if method == PROBE else args.seeds)]
+            runs = []
+            for seed in [0] if method == PROBE else args.seeds:
+                t1 = time.time()
+                runs.append(run(all_tasks[task], method, seed, args))
+                if len(args.seeds) > 1 and method != PROBE:  # progress of a long report, seed by seed
+                    print(f"    {task} {method} seed {seed}: last {100 * runs[-1]['final']:.1f}, chosen by SND "
+                          f"{100 * runs[-1]['selected']:.1f} ({time.time() - t1:.0f} s)", flush=True)
             results[task, method] = runs
-            print(f"  {task} {method:<24} last {cell([100 * r['final'] for r in runs]):>11}  "
-                  f"chosen by SND {cell([100 * r['selected'] for r in runs]):>11} "
+            print(f"  {task} {method:<24} last {cell([100 * r['final'] for r in runs]):>11} {seed_values(runs, 'final')}  "
+                  f"chosen by SND {cell([100 * r['selected'] for r in runs]):>11} {seed_values(runs, 'selected')} "
                   f"(steps {[int(r['selected_step']) for r in runs]})  ({time.time() - t0:.0f} s"
                   + (f"; per run {[round(r['wall_s']) for r in runs]} s" if "wall_s" in runs[0] else "") + ")", flush=True)
     print_table("At the last step:", "final", tasks, methods, results)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.helpers import (
     COLOURS,
@@ -187,3 +188,21 @@ def test_feature_dropout_acts_in_training_only_and_keeps_the_bottleneck_keys():
     # The checkpoint layout of models trained before the option existed.
     keys = set(model.state_dict())
     assert {"bottleneck.0.weight", "bottleneck.1.running_mean"} <= keys
+
+
+def test_source_cross_entropy_honours_label_smoothing():
+    """model.label_smoothing smooths the source cross-entropy (SHOT trains its source model with 0.1),
+    exactly as F.cross_entropy's label_smoothing, and only that term: the objective's is unchanged."""
+    torch.manual_seed(0)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, feature_dropout=0.0, label_smoothing=0.1,
+                                       class_names=["cat", "dog", "fox"]).eval()
+    xs, xt, ys = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    batch = {"source": (xs, ys), "target": (xt, torch.arange(4))}
+    with torch.no_grad():
+        logits = model.head(model.features(torch.cat([xs, xt])))[:4]
+        smoothed = model.training_step(batch, 0)
+        model.hparams.label_smoothing = 0.0
+        plain = model.training_step(batch, 0)
+    torch.testing.assert_close(smoothed, F.cross_entropy(logits, ys, label_smoothing=0.1))
+    torch.testing.assert_close(plain, F.cross_entropy(logits, ys))
+    assert not torch.isclose(smoothed, plain)
