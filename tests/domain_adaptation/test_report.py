@@ -97,3 +97,36 @@ def test_label_smoothing_reaches_the_features_mode_model_and_defaults_to_office3
     with pytest.raises(SystemExit):
         main([*common, "--label-smoothing", "1"])
     assert "--label-smoothing must be a number in [0, 1), got 1.0" in capsys.readouterr().err
+
+
+def test_the_pipeline_mode_reports_the_fits_own_validations(tmp_path, capsys, monkeypatch):
+    """finetune mode through `python -m tlx fit`: the last validation's accuracy and the SND-chosen one come
+    from the fit's own validations (no second pass over the target); a budget that ends mid-epoch
+    validates the last model once more."""
+    import json
+
+    for i, name in enumerate(("amazon", "webcam")):
+        make_domain(tmp_path / "data" / name, 30 * i, 4, seed0=100 * i)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(json.dumps({
+        "model": {"init_args": {"backbone": TINY_MODEL["backbone"], "weights": None, "bottleneck_dim": 8,
+                                "preprocessing": TINY_MODEL["preprocessing"]}},
+        "data": {"init_args": {"batch_size": 2, "num_workers": 0}},
+        "trainer": {"accelerator": "cpu", "logger": False}}))
+    common = ["--data-root", str(tmp_path / "data"), "--tasks", "a2w", "--methods", "source_only", "--mode", "finetune",
+              "--config", str(tiny), "--runs", str(tmp_path / "runs")]
+    from lightning.pytorch import Trainer
+
+    calls, validate = [], Trainer.validate
+    monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: calls.append(k) or validate(self, *a, **k))
+    # 3 steps end before an epoch's end, so before the fit validates: the last model is validated once more; 1000 steps: office31.yaml's 20 whole epochs, each validated by the fit itself, so no extra pass
+    for steps, extra in ((3, 1), (1000, 0)):
+        calls.clear()
+        main([*common, "--steps", str(steps)])
+        assert len(calls) == extra and all("ckpt_path" not in k for k in calls)
+        out = capsys.readouterr().out
+        line = re.search(r"^  a2w source_only +last +(\d+\.\d) +chosen by SND +(\d+\.\d) +\(steps \[(\d+)\]\)",
+                         out, flags=re.M)
+        assert line, out
+        acc, chosen, step = float(line[1]), float(line[2]), int(line[3])
+        assert 0 <= acc <= 100 and 0 <= chosen <= 100 and 0 < step <= steps
