@@ -184,7 +184,7 @@ def test_bias_correction_brings_each_convolutions_mean_output_to_fp32s(tmp_path)
     batches = [calibration[i:i + 8].numpy() for i in range(0, 32, 8)]
     errors = {"plain": [], "corrected": []}
     for name, quantized in (("plain", plain), ("corrected", corrected)):
-        for node, fp32_output in correctable_convs(quantized, fp32):
+        for node, fp32_output, _ in correctable_convs(quantized, fp32):
             target = channel_means(fp32, [fp32_output], batches)[0]
             errors[name].append(np.abs(channel_means(quantized, [node.output[0]], batches)[0] - target).mean())
     # every layer's mean output per channel is closer to fp32's than without the correction; only

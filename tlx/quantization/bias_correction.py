@@ -41,13 +41,10 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def channel_means(model: onnx.ModelProto, names: list[str], batches: list[np.ndarray], threads: int = 1) -> list[np.ndarray]:
     """Mean over images and positions of each channel of the tensors ``names`` (NCHW)."""
-    import onnxruntime as ort
+    from tlx.quantization.measure import session  # onnxruntime: only where a model runs (QAT users need none)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # not the quantizer's unused ReLU6 bounds once per layer (dropped after)
-    sess = ort.InferenceSession(_with_outputs(model, names).SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    # quiet: not the quantizer's unused ReLU6 bounds once per layer (dropped after the correction)
+    sess = session(_with_outputs(model, names).SerializeToString(), threads, quiet=True)
     input_name = sess.get_inputs()[0].name
     sums, count = [0.0] * len(names), 0
     for x in batches:
@@ -57,10 +54,11 @@ def channel_means(model: onnx.ModelProto, names: list[str], batches: list[np.nda
     return [s / count for s in sums]
 
 
-def correctable_convs(quantized: onnx.ModelProto, fp32: onnx.ModelProto, scope: str = "") -> list[tuple[onnx.NodeProto, str]]:
-    """``(int8 Conv node, its fp32 twin's output)`` for each quantized Conv (node name starting with
-    ``scope``) whose bias is an int32 initializer behind a DequantizeLinear (what onnxruntime's QDQ
-    quantizer writes)."""
+def correctable_convs(quantized: onnx.ModelProto, fp32: onnx.ModelProto,
+                      scope: str = "") -> list[tuple[onnx.NodeProto, str, onnx.NodeProto]]:
+    """``(int8 Conv node, its fp32 twin's output, its bias's DequantizeLinear)`` for each quantized
+    Conv (node name starting with ``scope``) whose bias is an int32 initializer behind a
+    DequantizeLinear (what onnxruntime's QDQ quantizer writes)."""
     fp32_out = {n.name: n.output[0] for n in fp32.graph.node if n.op_type == "Conv"}
     producers = {out: n for n in quantized.graph.node for out in n.output}
     inits = {i.name for i in quantized.graph.initializer}
@@ -70,7 +68,7 @@ def correctable_convs(quantized: onnx.ModelProto, fp32: onnx.ModelProto, scope: 
             continue
         bias = producers.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if bias is not None and bias.op_type == "DequantizeLinear" and all(i in inits for i in bias.input[:2]):
-            found.append((node, fp32_out[node.name]))
+            found.append((node, fp32_out[node.name], bias))
     return found
 
 
@@ -79,13 +77,11 @@ def correct_biases(quantized: onnx.ModelProto, fp32: onnx.ModelProto, batches: l
     """Shift the int32 biases of ``quantized`` (in place) so that each Conv's mean output per
     channel on ``batches`` matches fp32's; returns what was done, for the sidecar JSON."""
     convs = correctable_convs(quantized, fp32, scope)
-    reference = channel_means(fp32, [out for _, out in convs], batches, threads)
-    producers = {out: n for n in quantized.graph.node for out in n.output}
+    reference = channel_means(fp32, [out for _, out, _ in convs], batches, threads)
     inits = {i.name: i for i in quantized.graph.initializer}
     shifts = []
-    for (node, _), target in zip(convs, reference):
+    for (node, _, dq), target in zip(convs, reference):
         shift = channel_means(quantized, [node.output[0]], batches, threads)[0] - target
-        dq = producers[node.input[2]]
         bias, scale = inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[1]])
         values = numpy_helper.to_array(bias)
         bias.CopyFrom(numpy_helper.from_array((values - np.round(shift / scale)).astype(values.dtype), bias.name))

@@ -12,12 +12,16 @@ import numpy as np
 import onnxruntime as ort
 
 
-def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+def session(model: str | Path | bytes, threads: int | None = None, quiet: bool = False) -> ort.InferenceSession:
+    """A CPU session on an ONNX file (or a serialized model); ``quiet`` keeps onnxruntime's warnings out."""
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if quiet:
+        options.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def _median_seconds(run, warmup: int, runs: int) -> float:
