@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from scripts.domain_adaptation_report import find_domains, main, task_names
 from tests.helpers import TINY_MODEL, make_domain
@@ -39,12 +40,16 @@ def test_report_runs_every_task_of_a_three_domain_root(tmp_path, capsys):
     assert out.count("| method | " + " | ".join(tasks) + " |") == 2
     rows = re.findall(r"^\| information_maximization \|(.*)\|$", out, flags=re.M)
     assert len(rows) == 2 and all(re.fullmatch(r"[+-]\d+\.\d", c.strip()) for c in rows[0].split("|")[6:])
-    # the features are cached by content: one file per domain, reused by the second call
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    # the features are cached by content: per domain, the centre crop's and the 4 training views' (the
+    # default) in one file each, reused by the second call
+    assert "centre + 4 random views" in out
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 6
     main(["--data-root", str(tmp_path / "data"), "--backbone", TINY_MODEL["backbone"], "--weights", "none",
-          "--image-size", "32", "--tasks", "d2w", "--methods", "logistic_probe", "--cache", str(tmp_path / "cache")])
+          "--image-size", "32", "--tasks", "d2w", "--methods", "logistic_probe", "source_only", "--steps", "2",
+          "--batch-size", "2", "--cache", str(tmp_path / "cache")])
     out = capsys.readouterr().out
-    assert "features of" not in out and re.search(r"^  d2w logistic_probe ", out, flags=re.M)
+    assert "features of" not in out and "training views of" not in out
+    assert re.search(r"^  d2w logistic_probe ", out, flags=re.M) and re.search(r"^  d2w source_only ", out, flags=re.M)
 
 
 def test_the_top_strategy_and_further_config_fragments_must_exist_and_are_for_the_pipeline_modes(tmp_path, capsys):
@@ -130,3 +135,66 @@ def test_the_pipeline_mode_reports_the_fits_own_validations(tmp_path, capsys, mo
         assert line, out
         acc, chosen, step = float(line[1]), float(line[2]), int(line[3])
         assert 0 <= acc <= 100 and 0 <= chosen <= 100 and 0 < step <= steps
+
+
+def test_views_train_on_cached_random_views_of_both_domains_and_evaluate_on_the_centre_crop(tmp_path, capsys,
+                                                                                            monkeypatch):
+    import scripts.domain_adaptation_report as report
+
+    for i, name in enumerate(("amazon", "webcam")):
+        make_domain(tmp_path / "data" / name, 30 * i, 2, seed0=100 * i)
+    drawn = []
+
+    class Recording(report.FeatureDomains):
+        def train_dataloader(self):
+            drawn.append(self.views)
+            return super().train_dataloader()
+
+    monkeypatch.setattr(report, "FeatureDomains", Recording)
+    common = ["--data-root", str(tmp_path / "data"), "--backbone", TINY_MODEL["backbone"], "--weights", "none",
+              "--image-size", "32", "--steps", "3", "--batch-size", "2", "--tasks", "a2w", "--methods",
+              "information_maximization", "--cache", str(tmp_path / "cache")]
+    main([*common, "--views", "0"])  # the centre crop alone: no views extracted, none drawn
+    assert "random views" not in (out := capsys.readouterr().out) and "training views of" not in out
+    assert drawn == [None]
+    drawn.clear()
+    main([*common, "--views", "3"])
+    out = capsys.readouterr().out
+    assert "centre + 3 random views" in out and "3 training views of amazon" in out and "of webcam" in out
+    (vs, vt), = drawn
+    args = type("A", (), dict(data_root=tmp_path / "data", backbone=TINY_MODEL["backbone"], weights=None,
+                              image_size=32, cache=tmp_path / "cache", views=3))
+    centre_s, _, _ = report.cached_features("amazon", args)
+    centre_t, _, _ = report.cached_features("webcam", args)
+    assert vs.shape[:2] == (len(centre_s), 4) and vt.shape[:2] == (len(centre_t), 4)
+    # view 0 is the centre crop the model is validated on; the random views differ from it and each other
+    assert torch.equal(vs[:, 0], centre_s) and torch.equal(vt[:, 0], centre_t)
+    assert not torch.allclose(vs[:, 1], vs[:, 2]) and not torch.allclose(vs[:, 1], centre_s)
+    # a training batch holds one view per image, drawn from the pool
+    labels = torch.arange(len(centre_s))
+    batch, _, _ = next(iter(Recording((centre_s, labels), (centre_t, labels), 2, (vs, vt)).train_dataloader()))
+    (xs, ys), (xt, it) = batch["source"], batch["target"]
+    assert all(any(torch.equal(x, v) for v in vs[y]) for x, y in zip(xs, ys))  # one of its own image's views
+    assert all(any(torch.equal(x, v) for v in vt[i]) for x, i in zip(xt, it))
+    # the views are cached on disk by content: a second run extracts nothing
+    main([*common, "--views", "3"])
+    assert "training views of" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*common, "--views", "2", "--mode", "top_stages"])
+    assert "--views 2: features mode only" in capsys.readouterr().err
+
+
+def test_building_or_loading_the_cached_features_leaves_the_callers_random_stream_alone(tmp_path):
+    """Otherwise the first run of a process (the one that builds or loads the cache) trains on another
+    random stream than the same seed later in the process."""
+    import scripts.domain_adaptation_report as report
+
+    make_domain(tmp_path / "data" / "amazon", 0, 2)
+    args = type("A", (), dict(data_root=tmp_path / "data", backbone=TINY_MODEL["backbone"], weights=None,
+                              image_size=32, cache=tmp_path / "cache", views=2))
+    for _ in ("computed", "from disk"):
+        report._features.cache_clear(), report._views.cache_clear()
+        torch.manual_seed(7)
+        state = torch.get_rng_state()
+        views = report.training_views("amazon", args)
+        assert views.shape[1] == 3 and torch.equal(torch.get_rng_state(), state)
