@@ -83,3 +83,31 @@ def test_the_top_stages_strategy_trains_the_top_slower_with_its_pretrained_bn_st
     assert top_stats and all(torch.equal(before[k], after[k]) for k in top_stats)  # the pretrained statistics
     assert isinstance(model.bottleneck[1], nn.BatchNorm1d)
     assert not torch.equal(before["bottleneck.1.running_mean"], after["bottleneck.1.running_mean"])
+
+
+def test_the_frozen_features_fragment_trains_on_cached_views_of_both_domains_and_the_backbone_stays(tmp_path):
+    """configs/domain_adaptation/frozen_features.yaml: the whole backbone frozen and cached (centre + 4
+    views of every source and target image), the bottleneck and head train; checkpoints hold the model."""
+    from tests.helpers import REPO
+
+    source = make_domain(tmp_path / "source", 0, 4)
+    target = make_domain(tmp_path / "target", 60, 3, seed0=100)
+    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    seed_everything(0)
+    model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN())
+    backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    bottleneck = {k: v.clone() for k, v in model.bottleneck.state_dict().items()}
+    callbacks = build_callbacks(fragment_callbacks(REPO / "configs" / "domain_adaptation" / "frozen_features.yaml"))
+    cache, = [c for c in callbacks if isinstance(c, FeatureCache)]
+    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=callbacks)
+    trainer.fit(model, dm)
+    assert cache.last_status == {"source": "computed", "target": "computed", "val": "computed"}
+    width = model.backbone.num_features
+    shapes = sorted(tuple(f.shape) for f, _ in cache._memory.values())
+    assert shapes == [(6, 5, width), (6, width), (8, 5, width)]  # target, val (eval view), source: 1 + 4 views
+    assert all(torch.equal(backbone[k], v) for k, v in model.backbone.state_dict().items())
+    assert any(not torch.equal(bottleneck[k], v) for k, v in model.bottleneck.state_dict().items()
+               if v.is_floating_point())
+    assert model.input_kind == "images"
+    on_images = tiny_trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]["val/acc"]
+    assert on_images == float(trainer.callback_metrics["val/acc"])
