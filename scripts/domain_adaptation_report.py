@@ -119,14 +119,10 @@ def cached_features(domain: str, args) -> tuple[torch.Tensor, torch.Tensor, list
 def training_views(domain: str, args) -> torch.Tensor:
     """``(N, 1 + views, D)``: the centre crop's features and ``--views`` random training views' (the
     data module's augmentation: office31.yaml's crop scale, flip) of every image of ``domain``."""
-    centre, _, _ = cached_features(domain, args)
-    if not args.views:
-        return centre[:, None]
     # The first call of a process extracts or loads them, seeding torch: a run's random stream must not
     # depend on whether it was the first (seed 0 of the first method gave A->W 90.9 instead of 92.1).
     with torch.random.fork_rng(devices=[]):
-        views = _views(args.data_root / domain, args.backbone, args.weights, args.image_size, args.cache, args.views)
-    return torch.cat([centre[:, None], views], dim=1)
+        return _views(args.data_root / domain, args.backbone, args.weights, args.image_size, args.cache, args.views)
 
 
 def frozen_backbone(spec: str, weights: str | None, size: int) -> tuple[nn.Module, Preprocessing]:
@@ -161,8 +157,9 @@ def _features(folder: Path, spec: str, weights: str | None, size: int, cache: Pa
     return out["features"], out["labels"], out["classes"]
 
 
-@functools.cache
+@functools.cache  # once per process, centre crop included: every method and seed draws from the same tensor
 def _views(folder: Path, spec: str, weights: str | None, size: int, cache: Path, views: int) -> torch.Tensor:
+    centre, _, _ = _features(folder, spec, weights, size, cache)
     backbone, cfg = frozen_backbone(spec, weights, size)  # seeds torch: the same random views on every run
     scale = tuple(read(BASE, "data", "init_args")["crop_scale"])
     data = LabelledImages(scan_class_folders(folder, folder.name).samples, train_transform(cfg, scale=scale),
@@ -174,7 +171,7 @@ def _views(folder: Path, spec: str, weights: str | None, size: int, cache: Path,
     if stats["status"] == "computed":
         print(f"  {views} training views of {folder.name} ({len(data)} images, {size} px): {stats['seconds']:.0f} s",
               flush=True)
-    return feats if views > 1 else feats[:, None]
+    return torch.cat([centre[:, None], feats if views > 1 else feats[:, None]], dim=1)
 
 
 class FeatureDomains(LightningDataModule):
@@ -188,7 +185,7 @@ class FeatureDomains(LightningDataModule):
 
     def train_dataloader(self):
         (xs, ys), (xt, _) = self.source, self.target
-        if self.views is not None:
+        if self.views is not None:  # without views, the loaders below: --views 0 keeps its earlier figures
             vs, vt = self.views
             return CombinedLoader({"source": feature_loader(vs, ys, self.batch_size, train=True, views=True),
                                    "target": feature_loader(vt, torch.arange(len(xt)), self.batch_size, train=True,
@@ -390,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"{option} {fragment}: no such file")
     if args.views is not None and (args.views < 0 or args.mode != "features"):
         p.error(f"--views {args.views}: features mode only, and >= 0 (top_stages caches its own 4 views)")
-    args.views = 4 if args.views is None and args.mode == "features" else args.views or 0
+    if args.views is None:
+        args.views = 4 if args.mode == "features" else 0
     if args.config and args.mode == "features":
         p.error("--config: top_stages/finetune modes only (features mode runs no config)")
     holds, valid = RULES["label_smoothing"]

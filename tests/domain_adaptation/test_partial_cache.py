@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch import seed_everything
 from torch import nn
 
-from tests.helpers import DA_BASE, TINY_MODEL, build_callbacks, fragment_callbacks, make_domain, tiny_trainer
+from tests.helpers import DA_BASE, REPO, TINY_MODEL, build_callbacks, fragment_callbacks, make_domain, tiny_trainer
 from tlx.domain_adaptation import DANN, DomainAdaptationClassifier, DomainAdaptationDataModule
 from tlx.speed import FeatureCache
 
@@ -88,8 +88,6 @@ def test_the_top_stages_strategy_trains_the_top_slower_with_its_pretrained_bn_st
 def test_the_frozen_features_fragment_trains_on_cached_views_of_both_domains_and_the_backbone_stays(tmp_path):
     """configs/domain_adaptation/frozen_features.yaml: the whole backbone frozen and cached (centre + 4
     views of every source and target image), the bottleneck and head train; checkpoints hold the model."""
-    from tests.helpers import REPO
-
     source = make_domain(tmp_path / "source", 0, 4)
     target = make_domain(tmp_path / "target", 60, 3, seed0=100)
     dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
