@@ -19,11 +19,15 @@ Two budgets:
   validation stays on the centre crop.
 * ``--mode top_stages``: the real pipeline on the partial cache, ``python -m tlx fit`` with
   configs/domain_adaptation/{office31,objectives/<method>}.yaml + configs/speed/top_stages.yaml
-  + ``--top-strategy`` (configs/domain_adaptation/top_stages_strategy.yaml: the top stages at 0.1x
-  the head's learning rate, their BatchNorm statistics kept as pretrained):
-  the backbone's bottom up to ``blocks.4`` is frozen and its activations cached once (4 random
-  views per source and target image, ``--cache``/top_stages, shared by every method and seed), and
-  the top stages, bottleneck, head and objective train for ``--epochs`` epochs (cosine over them).
+  with ``--cut`` (default ``blocks.5``) + ``--top-strategy``
+  (configs/domain_adaptation/top_stages_strategy.yaml: the top at 0.1x the head's learning rate,
+  its BatchNorm statistics kept as pretrained); the default cut and strategy are
+  configs/domain_adaptation/last_block.yaml, the CLI's fragment for the same recipe. The
+  backbone's bottom up to the cut is frozen and its activations cached once (4 random views per
+  source and target image, ``--cache``/top_stages, shared by every method and seed of a task), and
+  the rest of the backbone (above ``blocks.5``: Lite0's last block and conv_head), bottleneck, head
+  and objective train for ``--epochs`` epochs (cosine over them). ``--cut blocks.4`` trains the
+  last two stages (blocks.5 too: more compute per step).
 * ``--mode finetune``: the real pipeline, ``python -m tlx fit`` with
   configs/domain_adaptation/{office31,objectives/<method>}.yaml and ``--trainer.max_steps``;
   the whole network trains.
@@ -39,7 +43,7 @@ labels serve only to print accuracy; nothing is chosen by them.
 
     nice -n 10 python scripts/domain_adaptation_report.py --tasks a2w w2a --seeds 0 1 2
     python scripts/domain_adaptation_report.py --data-root /data/office31   # all six tasks with dslr
-    python scripts/domain_adaptation_report.py --mode top_stages --tasks a2w w2a --epochs 12  # CPU, top stages
+    python scripts/domain_adaptation_report.py --mode top_stages --tasks a2w w2a --seeds 0 1 2  # CPU, last block
     python scripts/domain_adaptation_report.py --mode finetune --tasks a2w w2a --steps 2000  # GPU
 """
 
@@ -269,12 +273,15 @@ def run_features(task: tuple[str, str], method: str, seed: int, args) -> dict[st
 
 
 # ---- finetune / top_stages modes -------------------------------------------------------------
-def top_stages_fragment(cache_dir: Path, runs: Path) -> Path:
+def top_stages_fragment(cache_dir: Path, runs: Path, cut: str | None = None) -> Path:
     """configs/speed/top_stages.yaml with its cache on disk, so every method and seed of a task
-    reads the activations the first run computed (the cache is keyed by content)."""
+    reads the activations the first run computed (the cache is keyed by content); ``cut``
+    replaces its cut point."""
     fragment = yaml.safe_load((REPO / "configs" / "speed" / "top_stages.yaml").read_text())
     for callback in fragment["trainer"]["callbacks+"]:
         callback["init_args"]["cache_dir"] = str(cache_dir.resolve())
+        if cut:
+            callback["init_args"]["cut"] = cut
     runs.mkdir(parents=True, exist_ok=True)
     path = runs / "top_stages_cached.yaml"
     path.write_text(yaml.safe_dump(fragment))
@@ -288,7 +295,7 @@ def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[st
     configs = [BASE, METHODS[method]]
     budget = [f"--trainer.max_steps={args.steps}"]
     if args.mode == "top_stages":
-        configs.append(top_stages_fragment(args.cache / "top_stages", args.runs))
+        configs.append(top_stages_fragment(args.cache / "top_stages", args.runs, args.cut))
         configs += [args.top_strategy] if args.top_strategy else []
         budget = [f"--trainer.max_epochs={args.epochs}", f"--model.init_args.lr_scheduler.init_args.T_max={args.epochs}"]
     configs += args.config  # e.g. a fine-tuning strategy for the part that trains
@@ -340,7 +347,7 @@ def print_table(title: str, key: str, tasks: list[str], methods: list[str], resu
         print(f"| {method} | " + " | ".join(cell(a) for a in accs) + " | " + " | ".join(gains) + " |")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["features", "top_stages", "finetune"], default="features")
     p.add_argument("--data-root", type=Path, default=OFFICE31, help="a folder of domains, each of class folders")
@@ -366,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", type=Path, default=Path("/tmp/tlx_da_features"))
     p.add_argument("--runs", type=Path, default=Path("runs/domain_adaptation"), help="finetune mode logs")
     p.add_argument("--bf16", action="store_true", help="finetune mode: bf16-mixed precision")
+    p.add_argument("--cut", default="blocks.5",
+                   help="top_stages mode: the frozen, cached bottom ends here (configs/domain_adaptation/last_block.yaml's; "
+                        "configs/speed/top_stages.yaml's is blocks.4)")
     p.add_argument("--top-strategy", default=str(TOP_STRATEGY),
                    help="top_stages mode: the fine-tuning strategy fragment the top stages train with (default "
                         "%(default)s); 'none': at the head's learning rate, BatchNorm statistics from the batches")
@@ -373,6 +383,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="top_stages/finetune modes: a further config fragment stacked last (repeatable)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch's default); 1 is fastest for these small steps on a shared CPU")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
     args = p.parse_args(argv)
     args.weights = None if args.weights.lower() == "none" else args.weights
     all_tasks = task_names(find_domains(args.data_root))
@@ -389,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--views {args.views}: features mode only, and >= 0 (top_stages caches its own 4 views)")
     if args.views is None:
         args.views = 4 if args.mode == "features" else 0
+    if args.cut != p.get_default("cut") and args.mode != "top_stages":
+        p.error(f"--cut {args.cut}: top_stages mode only")
     if args.config and args.mode == "features":
         p.error("--config: top_stages/finetune modes only (features mode runs no config)")
     holds, valid = RULES["label_smoothing"]
@@ -407,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{f', centre + {args.views} random views' if args.views else ''}), {args.steps} steps, "
                   f"batch {args.batch_size}+{args.batch_size}, SGD lr {args.lr}, label smoothing {args.label_smoothing}")
     elif args.mode == "top_stages":
-        budget = (f"top stages (above blocks.4) + bottleneck + head trained on the partial cache "
+        budget = (f"top stages (above {args.cut}) + bottleneck + head trained on the partial cache "
                   f"(configs/domain_adaptation/office31 + objective + configs/speed/top_stages"
                   f"{''.join(f' + {c}' for c in [args.top_strategy, *args.config] if c)}), {args.epochs} epochs")
     else:

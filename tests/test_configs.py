@@ -106,6 +106,19 @@ def test_the_tasks_swap_source_and_target(capsys):
     assert {k: v for k, v in a2w.items() if not k.endswith("_root")} == {k: v for k, v in w2a.items() if not k.endswith("_root")}
 
 
+@pytest.mark.parametrize("name", ["frozen_features", "last_block"])
+def test_the_domain_adaptation_cache_fragments_stack_on_the_base_a_task_and_an_objective(name, capsys):
+    """frozen_features.yaml / last_block.yaml append their callbacks to office31.yaml's and change
+    nothing else of the experiment."""
+    fragment, objective = DA_BASE.parent / f"{name}.yaml", DA_BASE.parent / "objectives" / "information_maximization.yaml"
+    base, own = load(DA_BASE), load(fragment)
+    resolved = printed_config(capsys, DA_BASE, DA_TASKS[0], objective, fragment)
+    assert [c["class_path"] for c in resolved["trainer"]["callbacks"]] == [
+        c["class_path"] for c in base["trainer"]["callbacks"] + own["trainer"]["callbacks+"]]
+    assert_contains(resolved, {k: v for k, v in base.items() if k not in ("data", "trainer")}, "base")
+    assert resolved["model"]["init_args"]["objective"]["class_path"].endswith("InformationMaximization")
+
+
 @pytest.mark.parametrize("fragment", STRATEGIES, ids=ids(STRATEGIES))
 def test_strategy_fragment_fits(fragment: Path, tiny_folder, tmp_path):
     cli = run_cli([

@@ -5,8 +5,8 @@ import re
 import pytest
 import torch
 
-from scripts.domain_adaptation_report import find_domains, main, task_names
-from tests.helpers import TINY_MODEL, make_domain
+from scripts.domain_adaptation_report import find_domains, main, parser, task_names
+from tests.helpers import REPO, TINY_MODEL, make_domain
 from tlx.errors import DataError
 
 
@@ -67,6 +67,38 @@ def test_the_top_strategy_and_further_config_fragments_must_exist_and_are_for_th
     with pytest.raises(SystemExit):
         main([*common, "--config", str(fragment)])  # features mode: no pipeline to stack it on
     assert "top_stages/finetune modes only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--cut", "blocks.4"])  # features mode caches the whole backbone's output
+    assert "--cut blocks.4: top_stages mode only" in capsys.readouterr().err
+
+
+def test_the_top_stages_fragment_takes_the_cut_and_keeps_the_cache_on_disk(tmp_path):
+    import yaml
+
+    from scripts.domain_adaptation_report import top_stages_fragment
+
+    for cut, expected in ((None, "blocks.4"), ("blocks.5", "blocks.5")):
+        fragment = yaml.safe_load(top_stages_fragment(tmp_path / "cache", tmp_path / "runs", cut).read_text())
+        [cache] = fragment["trainer"]["callbacks+"]
+        assert cache["init_args"]["cut"] == expected and cache["init_args"]["cache_dir"] == str((tmp_path / "cache").resolve())
+
+
+def test_the_last_block_fragment_is_what_the_report_runs_in_top_stages_mode(tmp_path):
+    """configs/domain_adaptation/last_block.yaml, the CLI user's fragment, equals the report's top_stages
+    composition with its default cut (the partial cache, then the top strategy), cache folder aside;
+    and its cut is one of EfficientNet-Lite0's."""
+    import yaml
+
+    from scripts.domain_adaptation_report import TOP_STRATEGY, top_stages_fragment
+    from tlx.backbones import create_backbone, cut_points
+
+    default_cut = next(a.default for a in parser()._actions if a.dest == "cut")
+    cache = yaml.safe_load(top_stages_fragment(tmp_path / "cache", tmp_path / "runs", default_cut).read_text())
+    report = cache["trainer"]["callbacks+"] + yaml.safe_load(TOP_STRATEGY.read_text())["trainer"]["callbacks+"]
+    report[0]["init_args"]["cache_dir"] = None
+    fragment = yaml.safe_load((REPO / "configs" / "domain_adaptation" / "last_block.yaml").read_text())
+    assert fragment["trainer"]["callbacks+"] == report
+    assert default_cut == "blocks.5" and default_cut in cut_points(create_backbone("efficientnet_lite0", weights=None).model)
 
 
 def test_label_smoothing_reaches_the_features_mode_model_and_defaults_to_office31s(tmp_path, capsys, monkeypatch):
