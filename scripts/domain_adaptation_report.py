@@ -90,6 +90,8 @@ OFFICE31 = (REPO / ".." / "shared" / "data" / "office31").resolve()
 METHODS = fragments(OBJECTIVES)  # name -> its fragment
 BASE = OBJECTIVES.parent / "office31.yaml"
 TOP_STRATEGY = OBJECTIVES.parent / "top_stages_strategy.yaml"
+# top_stages mode's default cut: the CLI fragment's for the same recipe, so the two cannot drift
+LAST_BLOCK_CUT = read(OBJECTIVES.parent / "last_block.yaml", "trainer", "callbacks+")[0]["init_args"]["cut"]
 PROBE = "logistic_probe"
 
 
@@ -347,7 +349,7 @@ def print_table(title: str, key: str, tasks: list[str], methods: list[str], resu
         print(f"| {method} | " + " | ".join(cell(a) for a in accs) + " | " + " | ".join(gains) + " |")
 
 
-def parser() -> argparse.ArgumentParser:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["features", "top_stages", "finetune"], default="features")
     p.add_argument("--data-root", type=Path, default=OFFICE31, help="a folder of domains, each of class folders")
@@ -373,9 +375,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=Path("/tmp/tlx_da_features"))
     p.add_argument("--runs", type=Path, default=Path("runs/domain_adaptation"), help="finetune mode logs")
     p.add_argument("--bf16", action="store_true", help="finetune mode: bf16-mixed precision")
-    p.add_argument("--cut", default="blocks.5",
-                   help="top_stages mode: the frozen, cached bottom ends here (configs/domain_adaptation/last_block.yaml's; "
-                        "configs/speed/top_stages.yaml's is blocks.4)")
+    p.add_argument("--cut", help=f"top_stages mode: the frozen, cached bottom ends here (default {LAST_BLOCK_CUT}, "
+                                 "configs/domain_adaptation/last_block.yaml's; configs/speed/top_stages.yaml's is blocks.4)")
     p.add_argument("--top-strategy", default=str(TOP_STRATEGY),
                    help="top_stages mode: the fine-tuning strategy fragment the top stages train with (default "
                         "%(default)s); 'none': at the head's learning rate, BatchNorm statistics from the batches")
@@ -383,11 +384,6 @@ def parser() -> argparse.ArgumentParser:
                    help="top_stages/finetune modes: a further config fragment stacked last (repeatable)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch's default); 1 is fastest for these small steps on a shared CPU")
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = parser()
     args = p.parse_args(argv)
     args.weights = None if args.weights.lower() == "none" else args.weights
     all_tasks = task_names(find_domains(args.data_root))
@@ -404,8 +400,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--views {args.views}: features mode only, and >= 0 (top_stages caches its own 4 views)")
     if args.views is None:
         args.views = 4 if args.mode == "features" else 0
-    if args.cut != p.get_default("cut") and args.mode != "top_stages":
+    if args.cut is not None and args.mode != "top_stages":
         p.error(f"--cut {args.cut}: top_stages mode only")
+    args.cut = args.cut or LAST_BLOCK_CUT
     if args.config and args.mode == "features":
         p.error("--config: top_stages/finetune modes only (features mode runs no config)")
     holds, valid = RULES["label_smoothing"]

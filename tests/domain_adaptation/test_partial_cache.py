@@ -13,10 +13,15 @@ CUT = "blocks.2"  # of timm:test_efficientnet (blocks.0 ... blocks.4)
 BOTTOM = ("model.conv_stem", "model.bn1", "model.blocks.0", "model.blocks.1", "model.blocks.2")
 
 
-def test_dann_trains_the_top_on_both_domains_cached_and_the_bottom_stays(tmp_path):
-    source = make_domain(tmp_path / "source", 0, 6)
+def two_domains(tmp_path, source_per_class: int = 6) -> DomainAdaptationDataModule:
+    """Tiny generated source and target domains (the target: 3 images per class), batches of 4."""
+    source = make_domain(tmp_path / "source", 0, source_per_class)
     target = make_domain(tmp_path / "target", 60, 3, seed0=100)
-    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    return DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+
+
+def test_dann_trains_the_top_on_both_domains_cached_and_the_bottom_stays(tmp_path):
+    dm = two_domains(tmp_path)
     seed_everything(0)
     model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN())
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
@@ -46,9 +51,7 @@ def test_dann_trains_the_top_on_both_domains_cached_and_the_bottom_stays(tmp_pat
 def test_on_disk_the_targets_indices_never_become_the_validation_labels_of_the_same_files(tmp_path):
     # The target's items are (image, index) and val holds the same files with their labels: a disk
     # cache keyed by the files alone handed val the indices (Office-31: "Target 31 is out of bounds").
-    source = make_domain(tmp_path / "source", 0, 6)
-    target = make_domain(tmp_path / "target", 60, 3, seed0=100)
-    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    dm = two_domains(tmp_path)
     labels = torch.tensor([y for _, y in dm.samples("val")])
     assert not torch.equal(labels, torch.arange(len(labels)))  # else the test could not tell them apart
     for status in ("computed", "disk"):  # the second run reads every split back from disk
@@ -65,8 +68,7 @@ def test_on_disk_the_targets_indices_never_become_the_validation_labels_of_the_s
 def test_the_top_stages_strategy_trains_the_top_slower_with_its_pretrained_bn_statistics(tmp_path):
     """configs/domain_adaptation/top_stages_strategy.yaml after the partial cache: the top stages at
     0.1 x the head's LR, their BatchNorm statistics kept; the bottleneck's BatchNorm learns its own."""
-    dm = DomainAdaptationDataModule(str(make_domain(tmp_path / "source", 0, 6)),
-                                    str(make_domain(tmp_path / "target", 60, 3, seed0=100)), batch_size=4, num_workers=0)
+    dm = two_domains(tmp_path)
     seed_everything(0)
     model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN(),
                                        optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
@@ -88,9 +90,7 @@ def test_the_top_stages_strategy_trains_the_top_slower_with_its_pretrained_bn_st
 def test_the_frozen_features_fragment_trains_on_cached_views_of_both_domains_and_the_backbone_stays(tmp_path):
     """configs/domain_adaptation/frozen_features.yaml: the whole backbone frozen and cached (centre + 4
     views of every source and target image), the bottleneck and head train; checkpoints hold the model."""
-    source = make_domain(tmp_path / "source", 0, 4)
-    target = make_domain(tmp_path / "target", 60, 3, seed0=100)
-    dm = DomainAdaptationDataModule(str(source), str(target), batch_size=4, num_workers=0)
+    dm = two_domains(tmp_path, source_per_class=4)
     seed_everything(0)
     model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN())
     backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from scripts.domain_adaptation_report import find_domains, main, parser, task_names
+from scripts.domain_adaptation_report import find_domains, main, task_names
 from tests.helpers import REPO, TINY_MODEL, make_domain
 from tlx.errors import DataError
 
@@ -68,8 +68,8 @@ def test_the_top_strategy_and_further_config_fragments_must_exist_and_are_for_th
         main([*common, "--config", str(fragment)])  # features mode: no pipeline to stack it on
     assert "top_stages/finetune modes only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main([*common, "--cut", "blocks.4"])  # features mode caches the whole backbone's output
-    assert "--cut blocks.4: top_stages mode only" in capsys.readouterr().err
+        main([*common, "--cut", "blocks.5"])  # features mode caches the whole backbone's output
+    assert "--cut blocks.5: top_stages mode only" in capsys.readouterr().err
 
 
 def test_the_top_stages_fragment_takes_the_cut_and_keeps_the_cache_on_disk(tmp_path):
@@ -89,10 +89,10 @@ def test_the_last_block_fragment_is_what_the_report_runs_in_top_stages_mode(tmp_
     and its cut is one of EfficientNet-Lite0's."""
     import yaml
 
-    from scripts.domain_adaptation_report import TOP_STRATEGY, top_stages_fragment
+    from scripts.domain_adaptation_report import LAST_BLOCK_CUT, TOP_STRATEGY, top_stages_fragment
     from tlx.backbones import create_backbone, cut_points
 
-    default_cut = next(a.default for a in parser()._actions if a.dest == "cut")
+    default_cut = LAST_BLOCK_CUT
     cache = yaml.safe_load(top_stages_fragment(tmp_path / "cache", tmp_path / "runs", default_cut).read_text())
     report = cache["trainer"]["callbacks+"] + yaml.safe_load(TOP_STRATEGY.read_text())["trainer"]["callbacks+"]
     report[0]["init_args"]["cache_dir"] = None
