@@ -90,8 +90,10 @@ OFFICE31 = (REPO / ".." / "shared" / "data" / "office31").resolve()
 METHODS = fragments(OBJECTIVES)  # name -> its fragment
 BASE = OBJECTIVES.parent / "office31.yaml"
 TOP_STRATEGY = OBJECTIVES.parent / "top_stages_strategy.yaml"
-# top_stages mode's default cut: the CLI fragment's for the same recipe, so the two cannot drift
-LAST_BLOCK_CUT = read(OBJECTIVES.parent / "last_block.yaml", "trainer", "callbacks+")[0]["init_args"]["cut"]
+# top_stages mode's default cut and extraction precision: the CLI fragment's for the same recipe,
+# so the two cannot drift
+LAST_BLOCK_CACHE = read(OBJECTIVES.parent / "last_block.yaml", "trainer", "callbacks+")[0]["init_args"]
+LAST_BLOCK_CUT = LAST_BLOCK_CACHE["cut"]
 PROBE = "logistic_probe"
 
 
@@ -275,15 +277,18 @@ def run_features(task: tuple[str, str], method: str, seed: int, args) -> dict[st
 
 
 # ---- finetune / top_stages modes -------------------------------------------------------------
-def top_stages_fragment(cache_dir: Path, runs: Path, cut: str | None = None) -> Path:
+def top_stages_fragment(cache_dir: Path, runs: Path, cut: str | None = None,
+                        extract_precision: str | None = None) -> Path:
     """configs/speed/top_stages.yaml with its cache on disk, so every method and seed of a task
     reads the activations the first run computed (the cache is keyed by content); ``cut``
-    replaces its cut point."""
+    replaces its cut point, ``extract_precision`` the extraction's precision (FeatureCache's)."""
     fragment = yaml.safe_load((REPO / "configs" / "speed" / "top_stages.yaml").read_text())
     for callback in fragment["trainer"]["callbacks+"]:
         callback["init_args"]["cache_dir"] = str(cache_dir.resolve())
         if cut:
             callback["init_args"]["cut"] = cut
+        if extract_precision:
+            callback["init_args"]["extract_precision"] = extract_precision
     runs.mkdir(parents=True, exist_ok=True)
     path = runs / "top_stages_cached.yaml"
     path.write_text(yaml.safe_dump(fragment))
@@ -297,7 +302,7 @@ def run_finetune(task: tuple[str, str], method: str, seed: int, args) -> dict[st
     configs = [BASE, METHODS[method]]
     budget = [f"--trainer.max_steps={args.steps}"]
     if args.mode == "top_stages":
-        configs.append(top_stages_fragment(args.cache / "top_stages", args.runs, args.cut))
+        configs.append(top_stages_fragment(args.cache / "top_stages", args.runs, args.cut, args.extract_precision))
         configs += [args.top_strategy] if args.top_strategy else []
         budget = [f"--trainer.max_epochs={args.epochs}", f"--model.init_args.lr_scheduler.init_args.T_max={args.epochs}"]
     configs += args.config  # e.g. a fine-tuning strategy for the part that trains
@@ -377,6 +382,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bf16", action="store_true", help="finetune mode: bf16-mixed precision")
     p.add_argument("--cut", help=f"top_stages mode: the frozen, cached bottom ends here (default {LAST_BLOCK_CUT}, "
                                  "configs/domain_adaptation/last_block.yaml's; configs/speed/top_stages.yaml's is blocks.4)")
+    p.add_argument("--extract-precision", choices=["auto", "bf16", "32"],
+                   help="top_stages mode: what the cached bottom is computed in (FeatureCache extract_precision; "
+                        f"default {LAST_BLOCK_CACHE.get('extract_precision')}, last_block.yaml's; auto: bf16 where "
+                        "the CPU has it natively, else fp32; 32: the live bottom's values bit for bit)")
     p.add_argument("--top-strategy", default=str(TOP_STRATEGY),
                    help="top_stages mode: the fine-tuning strategy fragment the top stages train with (default "
                         "%(default)s); 'none': at the head's learning rate, BatchNorm statistics from the batches")
@@ -403,6 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.cut is not None and args.mode != "top_stages":
         p.error(f"--cut {args.cut}: top_stages mode only")
     args.cut = args.cut or LAST_BLOCK_CUT
+    if args.extract_precision is not None and args.mode != "top_stages":
+        p.error(f"--extract-precision {args.extract_precision}: top_stages mode only")
+    args.extract_precision = args.extract_precision or LAST_BLOCK_CACHE.get("extract_precision")
     if args.config and args.mode == "features":
         p.error("--config: top_stages/finetune modes only (features mode runs no config)")
     holds, valid = RULES["label_smoothing"]

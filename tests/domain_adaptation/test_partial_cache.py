@@ -29,7 +29,9 @@ def test_dann_trains_the_top_on_both_domains_cached_and_the_bottom_stays(tmp_pat
     trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[cache])
     trainer.fit(model, dm)
     # Both domains were cached with their views; the epoch runs over the source (12 images, 4 a step).
-    assert cache.last_status == {"source": "computed", "target": "computed", "val": "computed"}
+    # The target's eval view is val's too (the same files): extracted once, for both.
+    assert cache.last_status == {"source": "computed", "target": "computed", "val": "memory"}
+    assert cache.extracted_here == 12 * 3 + 6 * 3
     shapes = sorted(tuple(f.shape) for f, _ in cache._memory.values())
     assert shapes == [(6, 3, 32, 4, 4), (6, 32, 4, 4), (12, 3, 32, 4, 4)]  # target, val (eval view), source
     assert trainer.global_step == 6 and torch.isfinite(trainer.callback_metrics["train/transfer_loss_epoch"])
@@ -59,7 +61,8 @@ def test_on_disk_the_targets_indices_never_become_the_validation_labels_of_the_s
         model = DomainAdaptationClassifier(**TINY_MODEL, bottleneck_dim=16, objective=DANN())
         cache = FeatureCache(cut=CUT, augmented_views=1, cache_dir=str(tmp_path / "cache"))
         tiny_trainer(tmp_path, max_epochs=1, callbacks=[cache]).fit(model, dm)
-        assert cache.last_status == {"source": status, "target": status, "val": status}
+        # val's eval view is the target's, taken from memory, with val's own labels
+        assert cache.last_status == {"source": status, "target": status, "val": "memory"}
         by_shape = {tuple(f.shape[:2]): y for f, y in cache._memory.values()}
         assert torch.equal(by_shape[(6, 2)], torch.arange(6))  # target: eval view + 1 view, indices
         assert torch.equal(by_shape[(6, 32)], labels)  # val: the eval view, its labels
@@ -99,7 +102,7 @@ def test_the_frozen_features_fragment_trains_on_cached_views_of_both_domains_and
     cache, = [c for c in callbacks if isinstance(c, FeatureCache)]
     trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=callbacks)
     trainer.fit(model, dm)
-    assert cache.last_status == {"source": "computed", "target": "computed", "val": "computed"}
+    assert cache.last_status == {"source": "computed", "target": "computed", "val": "memory"}  # val: the target's eval view
     width = model.backbone.num_features
     shapes = sorted(tuple(f.shape) for f, _ in cache._memory.values())
     assert shapes == [(6, 5, width), (6, width), (8, 5, width)]  # target, val (eval view), source: 1 + 4 views

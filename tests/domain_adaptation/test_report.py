@@ -70,6 +70,9 @@ def test_the_top_strategy_and_further_config_fragments_must_exist_and_are_for_th
     with pytest.raises(SystemExit):
         main([*common, "--cut", "blocks.5"])  # features mode caches the whole backbone's output
     assert "--cut blocks.5: top_stages mode only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--extract-precision", "bf16"])  # features mode extracts in fp32 (its own cache)
+    assert "--extract-precision bf16: top_stages mode only" in capsys.readouterr().err
 
 
 def test_the_top_stages_fragment_takes_the_cut_and_keeps_the_cache_on_disk(tmp_path):
@@ -81,24 +84,42 @@ def test_the_top_stages_fragment_takes_the_cut_and_keeps_the_cache_on_disk(tmp_p
         fragment = yaml.safe_load(top_stages_fragment(tmp_path / "cache", tmp_path / "runs", cut).read_text())
         [cache] = fragment["trainer"]["callbacks+"]
         assert cache["init_args"]["cut"] == expected and cache["init_args"]["cache_dir"] == str((tmp_path / "cache").resolve())
+        assert "extract_precision" not in cache["init_args"]  # FeatureCache's default: the trainer's precision
+    fragment = yaml.safe_load(top_stages_fragment(tmp_path / "cache", tmp_path / "runs", "blocks.5", "auto").read_text())
+    assert fragment["trainer"]["callbacks+"][0]["init_args"]["extract_precision"] == "auto"
 
 
-def test_the_last_block_fragment_is_what_the_report_runs_in_top_stages_mode(tmp_path):
+def test_the_last_block_fragment_is_what_the_report_runs_in_top_stages_mode(tmp_path, monkeypatch):
     """configs/domain_adaptation/last_block.yaml, the CLI user's fragment, equals the report's top_stages
-    composition with its default cut (the partial cache, then the top strategy), cache folder aside;
-    and its cut is one of EfficientNet-Lite0's."""
+    composition with its defaults (the partial cache with its cut and extraction precision, then the
+    top strategy), cache folder aside; and its cut is one of EfficientNet-Lite0's."""
     import yaml
 
-    from scripts.domain_adaptation_report import LAST_BLOCK_CUT, TOP_STRATEGY, top_stages_fragment
+    import scripts.domain_adaptation_report as report
     from tlx.backbones import create_backbone, cut_points
 
-    default_cut = LAST_BLOCK_CUT
-    cache = yaml.safe_load(top_stages_fragment(tmp_path / "cache", tmp_path / "runs", default_cut).read_text())
-    report = cache["trainer"]["callbacks+"] + yaml.safe_load(TOP_STRATEGY.read_text())["trainer"]["callbacks+"]
-    report[0]["init_args"]["cache_dir"] = None
+    for i, name in enumerate(("amazon", "webcam")):
+        make_domain(tmp_path / "data" / name, 30 * i, 2, seed0=100 * i)
+
+    class Resolved(Exception):  # stops main() at its first run, with the options it resolved
+        pass
+
+    def first_run(task, method, seed, args):
+        raise Resolved(args)
+
+    monkeypatch.setattr(report, "run_finetune", first_run)
+    with pytest.raises(Resolved) as resolved:
+        report.main(["--mode", "top_stages", "--data-root", str(tmp_path / "data"), "--tasks", "a2w",
+                     "--methods", "source_only", "--seeds", "0", "--runs", str(tmp_path / "runs")])
+    args = resolved.value.args[0]
+    cache = yaml.safe_load(report.top_stages_fragment(tmp_path / "cache", tmp_path / "runs", args.cut,
+                                                      args.extract_precision).read_text())
+    composed = cache["trainer"]["callbacks+"] + yaml.safe_load(args.top_strategy.read_text())["trainer"]["callbacks+"]
+    composed[0]["init_args"]["cache_dir"] = None
     fragment = yaml.safe_load((REPO / "configs" / "domain_adaptation" / "last_block.yaml").read_text())
-    assert fragment["trainer"]["callbacks+"] == report
-    assert default_cut == "blocks.5" and default_cut in cut_points(create_backbone("efficientnet_lite0", weights=None).model)
+    assert fragment["trainer"]["callbacks+"] == composed
+    assert (args.cut, args.extract_precision) == ("blocks.5", "auto")
+    assert args.cut in cut_points(create_backbone("efficientnet_lite0", weights=None).model)
 
 
 def test_label_smoothing_reaches_the_features_mode_model_and_defaults_to_office31s(tmp_path, capsys, monkeypatch):

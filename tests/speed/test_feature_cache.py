@@ -192,6 +192,33 @@ def test_cached_bottom_equals_the_live_bottom_bit_exact(tiny_folder, tmp_path):
     assert torch.equal(_val_activations(cache), live)
 
 
+def test_a_bf16_extraction_is_its_own_cache_close_to_the_live_fp32_bottom(tiny_folder, tmp_path):
+    """extract_precision=bf16 (``auto`` on a CPU with AVX512-BF16): the activations are the fp32
+    bottom's up to bf16 rounding, filed under another key (a fp32 cache is never reused for it),
+    and the fit's model still runs fp32 on images."""
+    cache_dir = str(tmp_path / "activations")
+    fp32 = FeatureCache(cut=CUT, extract_batch_size=64, cache_dir=cache_dir)
+    _fit_cut(tiny_folder, tmp_path / "fp32", fp32, epochs=1)
+    bf16 = FeatureCache(cut=CUT, extract_batch_size=64, cache_dir=cache_dir, extract_precision="bf16")
+    _, model, dm = _fit_cut(tiny_folder, tmp_path / "bf16", bf16, epochs=1)
+    assert bf16.last_status == {"train": "computed", "val": "computed"}
+    exact, rounded = _val_activations(fp32), _val_activations(bf16)
+    assert not torch.equal(rounded, exact)
+    assert torch.allclose(rounded, exact, rtol=0.05, atol=0.05 * exact.abs().max().item())
+    assert next(model.parameters()).dtype == torch.float32
+    x, _ = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        assert torch.equal(bf16.split[0].eval()(x), exact)  # the live bottom: fp32, as the checkpoint runs
+    again = FeatureCache(cut=CUT, extract_batch_size=64, cache_dir=cache_dir, extract_precision="bf16")
+    _fit_cut(tiny_folder, tmp_path / "again", again, epochs=1)
+    assert again.last_status == {"train": "disk", "val": "disk"} and torch.equal(_val_activations(again), rounded)
+
+
+def test_an_unknown_extract_precision_is_refused_in_one_line():
+    with pytest.raises(TLXError, match=r"FeatureCache extract_precision='bf61': use one of None, auto, bf16, 32"):
+        FeatureCache(extract_precision="bf61")
+
+
 def test_top_trains_and_bottom_stays_bit_identical(tiny_folder, tmp_path):
     cache = FeatureCache(cut=CUT, augmented_views=2)
     seed_everything(0)

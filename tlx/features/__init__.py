@@ -1,7 +1,7 @@
 """Features: a backbone run once over a dataset, reusable by every method that trains on its outputs."""
 
 from tlx.features.digest import content_key, weights_digest
-from tlx.features.extract import extract_features, features_cache_key
+from tlx.features.extract import extract_features, extraction_precision, features_cache_key
 from tlx.features.loaders import FeatureBatches, FeatureSamples, feature_loader
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "FeatureSamples",
     "content_key",
     "extract_features",
+    "extraction_precision",
     "feature_loader",
     "features_cache_key",
     "weights_digest",

@@ -21,10 +21,12 @@ Before anything is extracted, the size of the cache (images x views x one item's
 float32) is logged, and refused in one line when it exceeds ``max_cache_gb``.
 
 The cache is keyed by a hash of the backbone's weights, the preprocessing, the extraction
-precision and the file list (path, size, modification time, label): change any of them and the
-features are recomputed. Keys live in memory (this callback instance) and, with ``cache_dir``,
-on disk across runs. Under DDP each rank extracts a share of the images and all receive the
-whole (:mod:`tlx.data.shared_build`); rank 0 alone writes ``cache_dir``.
+precision and the file list (path, size, modification time): change any of them and the
+features are recomputed. Splits of the same files (a domain-adaptation target and its validation)
+share their evaluation view's features, each with its own labels. Keys live in memory (this
+callback instance) and, with ``cache_dir``, on disk across runs. Under DDP each rank extracts a
+share of the images and all receive the whole (:mod:`tlx.data.shared_build`); rank 0 alone
+writes ``cache_dir``.
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
+from torch.utils.data import default_collate
 
 from tlx.backbones.cut import bottom_names, split_backbone
 from tlx.data.folders import files_digest
 from tlx.errors import TLXError
-from tlx.features import extract_features, feature_loader, features_cache_key
+from tlx.features import extract_features, extraction_precision, feature_loader, features_cache_key
 from tlx.modes import evaluating
 
 log = logging.getLogger("tlx")
+
+_EXTRACT_PRECISIONS = (None, "auto", "bf16", "32", "16", "bf16-mixed", "bf16-true", "32-true", "16-mixed", "16-true")
 
 
 def train_splits(dm: Any) -> tuple[str, ...]:
@@ -54,6 +59,13 @@ def train_splits(dm: Any) -> tuple[str, ...]:
 def train_dataset(dm: Any, split: str) -> Any:
     """The augmented dataset of a training split (a one-split module's ``train_dataset()`` takes none)."""
     return dm.train_dataset() if split == "train" else dm.train_dataset(split)
+
+
+def split_labels(items: list[tuple[Any, Any]]) -> Tensor:
+    """The labels of ``(path, label)`` items, as a loader over their dataset batches them."""
+    if not items:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.as_tensor(default_collate([label for _, label in items]))
 
 
 class FeatureCache(Callback):
@@ -86,6 +98,11 @@ class FeatureCache(Callback):
             head. The bottom is frozen by this callback; the backbone need not be. ``None``: the
             whole backbone, which must then be frozen.
         max_cache_gb: refuse (before extracting) a cache larger than this; ``None``: no limit.
+        extract_precision: what the extraction computes in. ``None``: the trainer's precision
+            (fp32 unless it trains in bf16; the cache then equals the live bottom bit for bit).
+            ``auto``: bf16 where the hardware has it natively (an AVX512-BF16 CPU extracts about 2x
+            faster), else fp32; the cached activations then differ from the live fp32 bottom by
+            bf16 rounding, and the checkpoint still runs fp32 on images. Or ``bf16``/``32``.
     """
 
     def __init__(
@@ -98,11 +115,16 @@ class FeatureCache(Callback):
         head_threads: int | None = 1,
         cut: str | None = None,
         max_cache_gb: float | None = None,
+        extract_precision: str | None = None,
     ):
         if augmented_views < 0:
             raise TLXError(f"FeatureCache augmented_views must be >= 0, got {augmented_views}.")
+        if extract_precision not in _EXTRACT_PRECISIONS:
+            raise TLXError(f"FeatureCache extract_precision={extract_precision!r}: use one of "
+                           f"{', '.join(map(str, _EXTRACT_PRECISIONS))} (None: the trainer's precision).")
         self.cut = cut
         self.max_cache_gb = max_cache_gb
+        self.extract_precision = extract_precision
         self.split: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (bottom, top) with cut
         self.cache_bytes = 0
         self.augmented_views = augmented_views
@@ -112,7 +134,8 @@ class FeatureCache(Callback):
         self.extract_batch_size = extract_batch_size
         self.head_threads = head_threads
         self._threads: int | None = None
-        self._memory: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
+        self._memory: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}  # (split, part keys) -> features, labels
+        self._parts: dict[str, Tensor] = {}  # an eval view's key -> its features, shared by splits of the same files
         self._serving: tuple[Any, Any] | None = None  # (data module, model) switched to features
         self.last_status: dict[str, str] = {}  # split -> "memory" | "disk" | "computed"
         self.extract_seconds = 0.0
@@ -160,18 +183,23 @@ class FeatureCache(Callback):
         return dm
 
     # ---- extraction --------------------------------------------------------------------------
+    def _precision(self, trainer: Trainer, pl_module: LightningModule) -> str:
+        """``bf16``, ``16`` or ``32``: resolved here once, so that the keys and the extraction agree."""
+        return extraction_precision(self.extract_precision or str(trainer.precision), pl_module.device)
+
     def _features(self, trainer: Trainer, pl_module: LightningModule, dm: Any, split: str) -> tuple[Tensor, Tensor]:
         """The split's features: from this instance's memory, else extract_features (disk or computed)."""
         hp = getattr(dm, "hparams", {})
         common = {"batch_size": self.extract_batch_size, "num_workers": int(hp.get("num_workers", 0)),
-                  "precision": str(trainer.precision), "cache_dir": self.cache_dir}
+                  "precision": self._precision(trainer, pl_module), "cache_dir": self.cache_dir}
         backbone = self._network(pl_module)
         # What decides the images' pixels, known without building a dataset (with cache_images that
-        # decodes every image), so that features on disk need no image at all.
-        # The items as the datasets yield them: a domain-adaptation target's are (image, index), and
-        # its files are also the val split's, whose labels must not be read from the target's cache.
+        # decodes every image), so that features on disk need no image at all. The files without
+        # their labels: a domain-adaptation target's eval view is then extracted once for the
+        # target and the val split (the same files), and the labels are the split's own (below).
+        items = dm.items(split)
         data = {"preprocessing": dm.preprocessing.to_dict(), "fast_decode": hp.get("fast_decode"),
-                "files": files_digest(dm.items(split)), "view": "eval"}
+                "files": files_digest([(path, None) for path, _ in items]), "view": "eval"}
         if self.split is not None:  # the bottom's weights alone do not say where it ends
             data.update(cut=self.cut, backbone=getattr(pl_module.backbone, "name", None))
         parts = [(lambda: dm.eval_dataset(split), 1, data)]
@@ -180,23 +208,31 @@ class FeatureCache(Callback):
             augment = {k: hp.get(k) for k in ("crop_scale", "hflip", "auto_augment", "cache_images")}
             parts.append((lambda: train_dataset(dm, split), self.augmented_views,
                           dict(data, view="train", augment=augment)))
-        memory_key = tuple(features_cache_key(backbone, key, v, common["precision"]) for _, v, key in parts)
+        keys = [features_cache_key(backbone, key, v, common["precision"]) for _, v, key in parts]
+        # Per split: the labels are the split's own items' (a target's carry indices, and its files
+        # are also the val split's, whose labels must never be read from the target's).
+        memory_key = (split, *keys)
         if memory_key in self._memory:
             self.last_status[split] = "memory"
             return self._memory[memory_key]
-        features, statuses, labels = [], [], None
-        for dataset, views, key in parts:
+        features, statuses = [], []
+        for (dataset, views, key), part_key in zip(parts, keys):
+            if part_key in self._parts:  # another split's, same files and view
+                features.append(self._parts[part_key])
+                statuses.append("memory")
+                continue
             stats: dict[str, Any] = {}
-            f, y = extract_features(backbone, dataset, views=views, cache_key=key, stats=stats, **common)
+            f, _ = extract_features(backbone, dataset, views=views, cache_key=key, stats=stats, **common)
             features.append(f if views > 1 else f[:, None])
-            labels = y if labels is None else labels
+            if key["view"] == "eval":
+                self._parts[part_key] = features[-1]
             statuses.append(stats["status"])
             self.extract_seconds += stats["seconds"]
             self.extracted_here += stats["extracted"]
         feats = features[0][:, 0] if len(features) == 1 else torch.cat(features, dim=1)
-        self.last_status[split] = "computed" if "computed" in statuses else "disk"
-        self._memory[memory_key] = (feats, labels)
-        return feats, labels
+        self.last_status[split] = next((s for s in ("computed", "disk") if s in statuses), "memory")
+        self._memory[memory_key] = (feats, split_labels(items))
+        return self._memory[memory_key]
 
     def _item_shape(self, pl_module: LightningModule, size: int) -> tuple[int, ...]:
         """The shape of one cached item: the pooled width, or the bottom's output on one probe image."""
