@@ -32,6 +32,10 @@ from tlx.modes import evaluating
 log = logging.getLogger("tlx")
 
 
+# What extraction_precision understands: None (fp32), auto, the short names and Lightning's strings.
+PRECISIONS = (None, "auto", "bf16", "32", "16", "bf16-mixed", "bf16-true", "32-true", "16-mixed", "16-true")
+
+
 def extraction_precision(precision: str | int | None, device: torch.device) -> str:
     """``bf16``, ``16`` or ``32``: what the extraction computes in. ``auto``: bf16 where native."""
     p = str(precision if precision is not None else "32")

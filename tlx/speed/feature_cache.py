@@ -43,12 +43,10 @@ from torch.utils.data import default_collate
 from tlx.backbones.cut import bottom_names, split_backbone
 from tlx.data.folders import files_digest
 from tlx.errors import TLXError
-from tlx.features import extract_features, extraction_precision, feature_loader, features_cache_key
+from tlx.features import PRECISIONS, extract_features, extraction_precision, feature_loader, features_cache_key
 from tlx.modes import evaluating
 
 log = logging.getLogger("tlx")
-
-_EXTRACT_PRECISIONS = (None, "auto", "bf16", "32", "16", "bf16-mixed", "bf16-true", "32-true", "16-mixed", "16-true")
 
 
 def train_splits(dm: Any) -> tuple[str, ...]:
@@ -119,9 +117,9 @@ class FeatureCache(Callback):
     ):
         if augmented_views < 0:
             raise TLXError(f"FeatureCache augmented_views must be >= 0, got {augmented_views}.")
-        if extract_precision not in _EXTRACT_PRECISIONS:
+        if extract_precision not in PRECISIONS:
             raise TLXError(f"FeatureCache extract_precision={extract_precision!r}: use one of "
-                           f"{', '.join(map(str, _EXTRACT_PRECISIONS))} (None: the trainer's precision).")
+                           f"{', '.join(map(str, PRECISIONS))} (None: the trainer's precision).")
         self.cut = cut
         self.max_cache_gb = max_cache_gb
         self.extract_precision = extract_precision
