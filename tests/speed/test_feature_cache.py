@@ -267,6 +267,20 @@ def test_a_resumed_run_reuses_the_cache(tiny_folder, tmp_path):
     assert other.last_status == {"train": "computed", "val": "computed"}
 
 
+def test_a_run_loading_the_cache_trains_as_the_run_that_built_it(tiny_folder, tmp_path):
+    # Building the cache draws random views and loader seeds; it must not shift the training
+    # stream (shuffling, dropout), or a seed would give one model when the cache is built and
+    # another when it is loaded.
+    cache_dir = str(tmp_path / "activations")
+    built = FeatureCache(cut=CUT, augmented_views=2, cache_dir=cache_dir)
+    _, first, _ = _fit_cut(tiny_folder, tmp_path / "built", built)
+    loaded = FeatureCache(cut=CUT, augmented_views=2, cache_dir=cache_dir)
+    _, second, _ = _fit_cut(tiny_folder, tmp_path / "loaded", loaded)
+    assert built.last_status["train"] == "computed" and loaded.last_status["train"] == "disk"
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cache_size_is_logged_and_a_budget_refused(tiny_folder, tmp_path, caplog):
     with caplog.at_level("INFO", logger="tlx"):
         _fit_cut(tiny_folder, tmp_path, FeatureCache(cut=CUT, augmented_views=2), epochs=1)

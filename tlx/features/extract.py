@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -34,6 +36,22 @@ log = logging.getLogger("tlx")
 
 # What extraction_precision understands: None (fp32), auto, the short names and Lightning's strings.
 PRECISIONS = (None, "auto", "bf16", "32", "16", "bf16-mixed", "bf16-true", "32-true", "16-mixed", "16-true")
+
+
+@contextlib.contextmanager
+def _caller_rng_untouched():
+    """Draw the views (augmentations, loader seeds) from a fork of the caller's random state.
+
+    Features computed or read from disk then leave the caller's stream at the same point: a run
+    that builds a cache trains on the same shuffles and dropout masks as one that loads it.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def extraction_precision(precision: str | int | None, device: torch.device) -> str:
@@ -150,7 +168,7 @@ def extract_features(
 
     start = time.perf_counter()
     # every module's own mode back afterwards (tlx.modes): a strategy's frozen parts stay in eval mode
-    with evaluating(network):
+    with evaluating(network), _caller_rng_untouched():
         passes = [build_shared(range(len(dataset)), run) for _ in range(views)]
     stats["seconds"] = time.perf_counter() - start
     features = torch.stack([torch.stack([f for f, _ in p]) for p in passes], dim=1) if passes[0] else torch.zeros(0)
