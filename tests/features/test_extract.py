@@ -56,6 +56,30 @@ def test_views_are_separate_random_draws(tiny_folder):
     assert not torch.allclose(feats[:, 0], feats[:, 1])
 
 
+def test_the_callers_stream_moves_one_draw_whether_computed_or_loaded(tiny_folder, tmp_path):
+    _, train = _datasets(tiny_folder)
+    backbone = _backbone()
+
+    def run(seed, **kwargs):
+        torch.manual_seed(seed)
+        feats, _ = extract_features(backbone, train, views=2, precision="32", **kwargs)
+        return feats, torch.get_rng_state()
+
+    computed, after_computed = run(5, cache_dir=str(tmp_path))
+    loaded, after_loaded = run(5, cache_dir=str(tmp_path))
+    uncached, after_uncached = run(5)
+    torch.manual_seed(5)
+    torch.empty((), dtype=torch.int64).random_()  # one draw, as a DataLoader takes its base seed
+    assert torch.equal(after_computed, after_loaded) and torch.equal(after_computed, after_uncached)
+    assert torch.equal(after_computed, torch.get_rng_state())
+    # the views follow the caller's seed, and the next call (the stream moved on) draws others
+    assert torch.equal(computed, loaded) and torch.equal(computed, uncached)
+    torch.manual_seed(5)
+    first, _ = extract_features(backbone, train, views=2, precision="32")
+    second, _ = extract_features(backbone, train, views=2, precision="32")
+    assert torch.equal(first, computed) and not torch.allclose(first, second)
+
+
 def test_cache_hits_on_a_second_call_and_misses_when_the_weights_change(tiny_folder, tmp_path):
     backbone, (dataset, _) = _backbone(), _datasets(tiny_folder)
     calls = []

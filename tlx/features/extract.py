@@ -38,15 +38,22 @@ log = logging.getLogger("tlx")
 PRECISIONS = (None, "auto", "bf16", "32", "16", "bf16-mixed", "bf16-true", "32-true", "16-mixed", "16-true")
 
 
-@contextlib.contextmanager
-def _caller_rng_untouched():
-    """Draw the views (augmentations, loader seeds) from a fork of the caller's random state.
+def _draw_seed() -> int:
+    """One draw from the caller's torch stream, as a DataLoader's iterator takes its base seed."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
 
-    Features computed or read from disk then leave the caller's stream at the same point: a run
-    that builds a cache trains on the same shuffles and dropout masks as one that loads it.
+
+@contextlib.contextmanager
+def _seeded_views(seed: int):
+    """Draw the views (augmentations, loader seeds) from ``seed``, on a fork of the random state.
+
+    The caller's stream advances by the one draw that made ``seed``, whether the features are
+    computed or read from disk: a run that builds a cache trains on the same shuffles and dropout
+    masks as one that loads it, and successive calls still draw different views.
     """
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         try:
             yield
         finally:
@@ -138,6 +145,7 @@ def extract_features(
     precision = extraction_precision(precision, device)
     stats = {} if stats is None else stats
     stats.update(status="computed", key=None, seconds=0.0, extracted=0)
+    seed = _draw_seed()  # before the disk lookup: a hit advances the caller's stream as a miss does
     file = None
     if cache_dir is not None:
         if cache_key is None and callable(dataset) and not isinstance(dataset, Dataset):
@@ -168,7 +176,7 @@ def extract_features(
 
     start = time.perf_counter()
     # every module's own mode back afterwards (tlx.modes): a strategy's frozen parts stay in eval mode
-    with evaluating(network), _caller_rng_untouched():
+    with evaluating(network), _seeded_views(seed):
         passes = [build_shared(range(len(dataset)), run) for _ in range(views)]
     stats["seconds"] = time.perf_counter() - start
     features = torch.stack([torch.stack([f for f, _ in p]) for p in passes], dim=1) if passes[0] else torch.zeros(0)
